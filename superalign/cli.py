@@ -1,0 +1,160 @@
+"""One CLI: ``superalign <command>``; ``superalign <command> --help`` for each.
+
+Stage commands take config overrides as ``key=value``, ``--key value`` or ``--key=value``
+(nested keys with dots: ``task_options.n_entities=40``), on top of an optional ``--config``
+YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from superalign.config import ConfigError, describe, load_config
+from superalign.stages import STAGES
+
+
+def overrides_from_args(extra: list[str]) -> list[str]:
+    """Turn leftover CLI tokens into ``key=value`` overrides."""
+    out, i = [], 0
+    while i < len(extra):
+        tok = extra[i]
+        if tok.startswith("--"):
+            key = tok[2:]
+            if "=" in key:
+                out.append(key)
+            elif (
+                i + 1 < len(extra) and not extra[i + 1].startswith("--") and "=" not in extra[i + 1]
+            ):
+                out.append(f"{key}={extra[i + 1]}")
+                i += 1
+            else:
+                out.append(f"{key}=true")
+        elif "=" in tok:
+            out.append(tok)
+        else:
+            raise ConfigError(f"unexpected argument {tok!r}: give config values as key=value")
+        i += 1
+    return out
+
+
+def _stage_parser(sub: Any, name: str) -> None:
+    stage = STAGES[name]
+    p = sub.add_parser(
+        name,
+        help=stage.help,
+        description=stage.help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show the config fields and exit")
+    _common_run_args(p)
+    p.set_defaults(stage=name)
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML file of config values (CLI overrides win)")
+    p.add_argument(
+        "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute even if a finished run with this config exists",
+    )
+
+
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    print(f"\n{title}")
+    width = max((len(k) for k in summary), default=0)
+    for k, v in summary.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        print(f"  {k:<{width}}  {v}")
+
+
+def run_stage_command(name: str, args: argparse.Namespace, extra: list[str]) -> int:
+    from superalign.stages import execute
+
+    cfg_cls, _ = STAGES[name].load()
+    if args.help:
+        print(
+            f"usage: superalign {name} [key=value ...] [--config FILE] [--runs-dir DIR] [--force]\n"
+        )
+        print(f"{STAGES[name].help}\n\nconfig fields:\n{describe(cfg_cls)}")
+        return 0
+    cfg = load_config(cfg_cls, args.config, overrides_from_args(extra))
+    res = execute(name, cfg, root=args.runs_dir, force=args.force)
+    verb = "reused finished run (--force recomputes)" if res.reused else "finished"
+    _print_summary(f"{name} {verb}: {res.dir}", res.summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from superalign.demo import demo
+
+    demo(root=args.runs_dir, force=args.force)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from superalign.models.serve import serve
+
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="superalign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in STAGES:
+        _stage_parser(sub, name)
+    st = sub.add_parser(
+        "stage", help="run any stage by name: superalign stage NAME [key=value ...]", add_help=False
+    )
+    st.add_argument("name", choices=sorted(STAGES), help="stage to run")
+    st.add_argument(
+        "-h", "--help", action="store_true", help="show the stage's config fields and exit"
+    )
+    _common_run_args(st)
+    d = sub.add_parser("demo", help="run the main job on its embedded default (make demo)")
+    d.add_argument(
+        "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
+    )
+    d.add_argument("--force", action="store_true", help="recompute finished stages")
+    d.set_defaults(func=cmd_demo)
+    s = sub.add_parser("serve", help="serve a model on localhost with OpenAI-compatible endpoints")
+    s.add_argument(
+        "model", help="model spec: folder, run folder, .gguf file, preset name or hub id"
+    )
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "stage":
+            return run_stage_command(args.name, args, extra)
+        if getattr(args, "stage", None):
+            return run_stage_command(args.stage, args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.func(args)
+    except ConfigError as e:
+        print(f"superalign {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Typed dataclass configs: YAML files, ``key.sub=value`` overrides, clear errors.
+
+A config is a plain ``@dataclass`` with a docstring under each field (read by ``--help``),
+``Literal`` for fixed choices and ``__post_init__`` checks that raise :class:`ConfigError`
+with a sentence a user understands. Loading goes dataclass defaults < YAML < CLI overrides::
+
+    cfg = load_config(PretrainConfig, "pretrain.yaml", ["lr=3e-4", "model.size=small"])
+
+An unknown or mistyped key fails with a message that names it and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message says which and how to fix it."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Build ``cls`` from its defaults, an optional YAML file, then ``key.sub=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path} must hold a mapping of config keys, not {type(loaded).__name__}"
+            )
+        data = loaded
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=3e-4)")
+        _set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (possibly nested) dict, coercing and checking every value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            _unknown_key(cls, key, prefix)
+    kwargs = {
+        name: _coerce(data[name], hints[name], prefix + name) for name in fields if name in data
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (nested dataclasses become dicts, tuples lists)."""
+    return _jsonable(dataclasses.asdict(cfg))
+
+
+def valid_keys(cls: type) -> list[str]:
+    """All dotted keys ``cls`` accepts, nested dataclasses included."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        keys.append(f.name)
+        sub = _dataclass_in(hints[f.name])
+        if sub is not None:
+            keys += [f"{f.name}.{k}" for k in valid_keys(sub)]
+    return keys
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (CleanRL style), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cls: type, prefix: str = "") -> str:
+    """Human-readable list of fields: ``key (type, default): doc`` for ``--help``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        sub = _dataclass_in(tp)
+        if sub is not None:
+            lines.append(f"  {prefix}{f.name}.*: {docs.get(f.name, '')}")
+            lines.append(describe(sub, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default})")
+        if f.name in docs:
+            lines.append(
+                textwrap.fill(docs[f.name], 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key}: {p} is not a group of keys")
+    node[leaf] = value
+
+
+def _unknown_key(cls: type, key: str, prefix: str = "") -> typing.NoReturn:
+    key, keys = prefix + key, [prefix + k for k in valid_keys(cls)]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(keys)}."
+    raise ConfigError(f"unknown config key '{key}' for {cls.__name__}.{hint}")
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if _is_union(tp):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn ``value`` (from YAML or a CLI string) into type ``tp`` or raise a clear error."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if _is_union(tp):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}"
+        )
+    if origin is Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"{key} must be one of {', '.join(repr(a) for a in args)}, not {value!r}.{hint}"
+        )
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            value = parsed if isinstance(parsed, list) else [parsed]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, not {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _TRUE:
+            return True
+        if str(value).lower() in _FALSE:
+            return False
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, not {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be an integer, not {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"{key} must be an integer, not {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, not {value!r}")
+        return str(value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x

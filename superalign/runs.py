@@ -1,0 +1,311 @@
+"""Run folders: every stage writes its own, named from its config.
+
+A stage's folder ``<root>/<stage>-<key>`` holds:
+
+- ``config.json``: everything that determines the result (the stage's config with seeds and
+  model spec, and a fingerprint of every upstream input); ``key`` is a hash of it;
+- ``metrics.jsonl``: one JSON object per logged step, ``{"step": s, "namespace/name": v, ...}``;
+- ``summary.json``: the final figures. It is written last, atomically, and marks the run done;
+- artifacts (models via ``save_pretrained``, tables, plots) and, while running, ``checkpoint/``.
+
+Re-running a finished stage with the same config returns the stored result; a changed config
+hashes to a new folder; ``force=True`` recomputes. A run that dies midway leaves no summary;
+the next call resumes from its last checkpoint if the stage saved one, otherwise restarts clean.
+Every file is written to a temporary name and renamed into place, so readers never see half
+a file. A lock (``fcntl.flock``, released by the OS when a process dies) keeps two processes
+out of the same folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from superalign import __version__
+
+DEFAULT_ROOT = "runs"
+_CHECKPOINT = "checkpoint"
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    """The folder that holds run folders: ``root``, else ``$SUPERALIGN_RUNS``, else ``./runs``."""
+    return Path(root or os.environ.get("SUPERALIGN_RUNS") or DEFAULT_ROOT)
+
+
+# --- atomic files -------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` whole (e.g. ``save_pretrained``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# --- hashing -------------------------------------------------------------------------------------
+
+
+def config_key(obj: Any, length: int = 10) -> str:
+    """A short stable hash of a JSON-able object (canonical JSON, sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def fingerprint(path: str | Path) -> str:
+    """A content hash of an upstream artifact (a file or folder) for cache keys.
+
+    A finished run folder is identified by its ``config.json`` and ``summary.json`` (which
+    determine everything in it); any other folder or file by the bytes of its files.
+    """
+    path = Path(path)
+    if (path / "summary.json").is_file() and (path / "config.json").is_file():
+        files = [path / "config.json", path / "summary.json"]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"cannot fingerprint {path}: it does not exist")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A handle on one stage's folder, given to the stage function while it runs."""
+
+    dir: Path
+    stage: str
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+    def path(self, name: str) -> Path:
+        """Path of an artifact inside the run folder."""
+        return self.dir / name
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append one line of namespaced scalars (``"loss/train": 2.1``) for ``step``."""
+        row = {"step": int(step), "time": round(time.time(), 3)}
+        row.update({k: _scalar(v) for k, v in metrics.items()})
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.dir)
+
+    def save_checkpoint(self, state: dict[str, Any], step: int) -> None:
+        """Atomically store a resumable state (anything ``torch.save`` takes) at ``step``."""
+        import torch
+
+        with atomic_dir(self.dir / _CHECKPOINT) as tmp:
+            torch.save(state, tmp / "state.pt")
+            atomic_write_json(tmp / "step.json", {"step": int(step)})
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint's state, or None. Drops metrics logged after it."""
+        ckpt = self.dir / _CHECKPOINT
+        if not (ckpt / "step.json").is_file():
+            return None
+        import torch
+
+        step = read_json(ckpt / "step.json")["step"]
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        rows = [r for r in read_metrics(self.dir) if r["step"] <= step]
+        atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self.resumed_from = step
+        return state
+
+
+@dataclass
+class StageResult:
+    """What :func:`run_stage` returns: the folder, its summary, and whether it was reused."""
+
+    dir: Path
+    summary: dict[str, Any]
+    reused: bool
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl``; a torn last line (a process killed mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "summary.json").is_file()
+
+
+def run_dir_for(
+    stage: str,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, str | Path] = (),
+    root: str | Path | None = None,
+) -> Path:
+    """The folder a stage with this config and these inputs writes to."""
+    return (
+        runs_root(root)
+        / f"{stage}-{config_key(_key_material(stage, config, _fingerprints(inputs)))}"
+    )
+
+
+def run_stage(
+    stage: str,
+    config: Mapping[str, Any],
+    fn: Callable[[Run], Mapping[str, Any]],
+    *,
+    inputs: Mapping[str, str | Path] | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Run ``fn(run) -> summary`` in the stage's folder, or reuse a finished result.
+
+    ``config`` must be JSON-able and hold everything that determines the result; ``inputs``
+    names upstream artifacts (run folders, model folders) whose fingerprints join the key.
+    """
+    fps = _fingerprints(inputs or {})
+    material = _key_material(stage, config, fps)
+    run_dir = runs_root(root) / f"{stage}-{config_key(material)}"
+    if is_done(run_dir) and not force:
+        return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _lock(run_dir):
+        if is_done(run_dir) and not force:  # finished by another process while we waited
+            return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
+        if force or not (run_dir / _CHECKPOINT / "step.json").is_file():
+            _clear(run_dir)  # nothing to resume from: restart clean
+        record = {
+            **material,
+            "inputs": {k: {"path": str(inputs[k]), "fingerprint": v} for k, v in fps.items()},
+            "superalign_version": __version__,
+        }
+        atomic_write_json(run_dir / "config.json", record)
+        run = Run(
+            run_dir, stage, dict(config), inputs={k: str(v) for k, v in (inputs or {}).items()}
+        )
+        start = time.time()
+        summary = dict(fn(run))
+        summary.setdefault("wall_seconds", round(time.time() - start, 2))
+        if run.resumed_from is not None:
+            summary.setdefault("resumed_from_step", run.resumed_from)
+        shutil.rmtree(run_dir / _CHECKPOINT, ignore_errors=True)
+        atomic_write_json(run_dir / "summary.json", summary)
+    return StageResult(run_dir, summary, reused=False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_material(stage: str, config: Mapping[str, Any], fps: Mapping[str, str]) -> dict[str, Any]:
+    return {"stage": stage, "config": dict(config), "input_fingerprints": dict(fps)}
+
+
+def _fingerprints(inputs: Mapping[str, str | Path]) -> dict[str, str]:
+    return {name: fingerprint(p) for name, p in sorted(dict(inputs).items())}
+
+
+@contextlib.contextmanager
+def _lock(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RuntimeError(
+                f"another process (pid {f.read().strip() or '?'}) is running the stage in {run_dir}; "
+                "wait for it to finish, or stop it and run again"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _clear(run_dir: Path) -> None:
+    for p in run_dir.iterdir():
+        if p.name == ".lock":
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 6)
+    return v
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serializable")

@@ -1,0 +1,55 @@
+"""The registry of stages: name -> config class and run function.
+
+A stage is ``run(cfg, run: Run) -> summary``; :func:`execute` gives it its run folder (reusing a
+finished one with the same config and inputs). Modules are imported only when a stage is used,
+so ``superalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from superalign.config import to_dict
+from superalign.runs import StageResult, run_stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str
+    """Module holding the stage: a ``run(cfg, run)`` function and the config class."""
+    config: str
+    """Name of the config dataclass in ``module``."""
+    help: str
+    """One line for ``superalign --help``."""
+
+    def load(self) -> tuple[type, Callable[..., Mapping[str, Any]]]:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.config), mod.run
+
+
+STAGES: dict[str, Stage] = {
+    "pretrain": Stage(
+        "superalign.models.pretrain",
+        "PretrainConfig",
+        "train a tiny model from scratch on a task corpus",
+    ),
+}
+
+
+def execute(
+    name: str,
+    cfg: Any,
+    *,
+    inputs: Mapping[str, str | Path] | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Run stage ``name`` with config ``cfg`` in its run folder, or reuse a finished result."""
+    _, fn = STAGES[name].load()
+    return run_stage(
+        name, to_dict(cfg), lambda run: fn(cfg, run), inputs=inputs, root=root, force=force
+    )

@@ -1,0 +1,105 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from superalign.config import (
+    ConfigError,
+    describe,
+    field_docs,
+    from_dict,
+    load_config,
+    to_dict,
+    valid_keys,
+)
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    """Learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+
+
+@dataclass
+class Cfg:
+    name: str = "x"
+    """A name."""
+    size: Literal["tiny", "small"] = "tiny"
+    """Model size."""
+    steps: int = 10
+    """Optimizer steps."""
+    flag: bool = False
+    """A switch."""
+    levels: list[int] = field(default_factory=lambda: [1, 2])
+    """Difficulty levels."""
+    seed: int | None = None
+    """Optional seed."""
+    optim: Optim = field(default_factory=Optim)
+    """Optimizer settings."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, not {self.steps}")
+
+
+def test_defaults_yaml_and_overrides_layer(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("steps: 5\noptim:\n  lr: 0.1\nlevels: [3]\n")
+    cfg = load_config(
+        Cfg, y, ["optim.lr=3e-4", "flag=true", "seed=7", "size=small", "levels=1,2,3"]
+    )
+    assert cfg.steps == 5  # from YAML
+    assert cfg.optim.lr == pytest.approx(3e-4)  # CLI beats YAML
+    assert cfg.flag is True and cfg.seed == 7 and cfg.size == "small"
+    assert cfg.levels == [1, 2, 3]
+    assert cfg.optim.betas == (0.9, 0.95)
+    assert load_config(Cfg, None, ["seed=null"]).seed is None
+    assert load_config(Cfg, None, ["optim.betas=[0.8, 0.9]"]).optim.betas == (0.8, 0.9)
+
+
+def test_unknown_key_names_it_and_the_closest_valid_key():
+    with pytest.raises(ConfigError, match="unknown config key 'stesp'.*Did you mean 'steps'"):
+        load_config(Cfg, None, ["stesp=3"])
+    with pytest.raises(ConfigError, match="'optim.lrr'.*Did you mean 'optim.lr'"):
+        load_config(Cfg, None, ["optim.lrr=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'zzzzzz'.*Valid keys"):
+        from_dict(Cfg, {"zzzzzz": 1})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("size=smal", "size must be one of 'tiny', 'small'.*Did you mean 'small'"),
+        ("steps=abc", "steps must be an integer"),
+        ("steps=1.5", "steps must be an integer"),
+        ("flag=maybe", "flag must be true or false"),
+        ("optim.lr=fast", "optim.lr must be a number"),
+        ("steps=0", "steps must be at least 1"),
+        ("novalue", "must look like key=value"),
+    ],
+)
+def test_bad_values_fail_with_a_sentence(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+    y = tmp_path / "list.yaml"
+    y.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Cfg, y)
+
+
+def test_round_trip_and_docs():
+    cfg = load_config(Cfg, None, ["optim.lr=0.5"])
+    d = to_dict(cfg)
+    assert d["optim"] == {"lr": 0.5, "betas": [0.9, 0.95]}
+    assert from_dict(Cfg, d) == cfg
+    assert "optim.lr" in valid_keys(Cfg)
+    assert field_docs(Cfg)["steps"] == "Optimizer steps."
+    text = describe(Cfg)
+    assert "size ('tiny' | 'small', default 'tiny')" in text and "Learning rate." in text
