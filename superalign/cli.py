@@ -95,7 +95,7 @@ def run_stage_command(name: str, args: argparse.Namespace, extra: list[str]) -> 
 def cmd_demo(args: argparse.Namespace) -> int:
     from superalign.demo import demo
 
-    demo(root=args.runs_dir, force=args.force)
+    demo(root=args.runs_dir, force=args.force, overrides=args.overrides)
     return 0
 
 
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_run_args(st)
     d = sub.add_parser("demo", help="run the main job on its embedded default (make demo)")
+    d.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="change the embedded pretrain config"
+    )
     d.add_argument(
         "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
     )

@@ -189,8 +189,8 @@ _FALSE = {"false", "no", "0", "off"}
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Turn ``value`` (from YAML or a CLI string) into type ``tp`` or raise a clear error."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
+    if tp is Any:  # untyped (e.g. the values of a dict[str, Any]): read a CLI string as YAML
+        return yaml.safe_load(value) if isinstance(value, str) else value
     if _is_union(tp):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
@@ -233,7 +233,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, not {value!r}")
-        return dict(value)
+        value_tp = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

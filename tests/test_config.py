@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -38,6 +38,8 @@ class Cfg:
     """Optional seed."""
     optim: Optim = field(default_factory=Optim)
     """Optimizer settings."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Free-form options."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -57,6 +59,11 @@ def test_defaults_yaml_and_overrides_layer(tmp_path):
     assert cfg.optim.betas == (0.9, 0.95)
     assert load_config(Cfg, None, ["seed=null"]).seed is None
     assert load_config(Cfg, None, ["optim.betas=[0.8, 0.9]"]).optim.betas == (0.8, 0.9)
+    # untyped mapping values from the command line are read as YAML
+    opts = load_config(
+        Cfg, None, ["options.levels=[1, 2]", "options.n=40", "options.name=abc"]
+    ).options
+    assert opts == {"levels": [1, 2], "n": 40, "name": "abc"}
 
 
 def test_unknown_key_names_it_and_the_closest_valid_key():

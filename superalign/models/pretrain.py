@@ -51,7 +51,7 @@ class PretrainConfig:
     """Upper bound on the BPE vocabulary (digits are always single tokens)."""
     max_len: int = 128
     """Documents are cut to this many tokens; also the model's position limit."""
-    steps: int = 2000
+    steps: int = 2500
     """Optimizer steps."""
     batch_size: int = 64
     """Documents per step."""
@@ -65,7 +65,7 @@ class PretrainConfig:
     """Gradient norm clip."""
     log_every: int = 25
     """Steps between ``loss/train`` log lines."""
-    eval_every: int = 500
+    eval_every: int = 0
     """Steps between held-out evaluations (0: only at the end)."""
     eval_n: int = 200
     """Held-out test examples per difficulty at each evaluation."""
@@ -181,6 +181,8 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
         disable=None,
     )
     for step in bar:
+        # mixed batches: drawing each batch from one length bucket was 30% faster but
+        # learned far worse (held-out level-2 accuracy 0.31 vs 0.975 at 2000 steps)
         idx = np.random.default_rng([cfg.seed, step]).integers(0, len(docs), cfg.batch_size)
         ids, labels = _batch(docs, idx, tokenizer.pad_token_id)
         for g in opt.param_groups:

@@ -50,7 +50,10 @@ def build_model(
 ) -> LlamaForCausalLM:
     """A freshly initialised tiny model (initialisation is deterministic for ``seed``)."""
     torch.manual_seed(seed)
-    return LlamaForCausalLM(tiny_config(size, tokenizer, max_positions))
+    config = tiny_config(size, tokenizer, max_positions)
+    # At these widths plain attention is ~20% faster than SDPA on CPU (bench/ measures it).
+    config._attn_implementation = "eager"
+    return LlamaForCausalLM(config)
 
 
 def n_params(model: torch.nn.Module) -> int:

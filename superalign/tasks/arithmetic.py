@@ -21,8 +21,10 @@ from typing import NamedTuple
 
 from superalign.tasks.base import Example, check_split, split_of
 
-LEVELS: dict[int, tuple[int, int]] = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (4, 3), 5: (5, 3)}
-"""Difficulty level -> (steps, digits per operand)."""
+LEVELS: dict[int, tuple[int, int]] = {1: (1, 2), 2: (2, 2), 3: (3, 2), 4: (4, 3), 5: (5, 3)}
+"""Difficulty level -> (steps, digits per operand). Ordered by measured difficulty: a level of
+two 1-digit steps was tried as level 1 and proved harder for tiny models than level 2 (its
+steps mix widths, as in ``14+7``): 34-76% vs 97.5% held-out accuracy after the same training."""
 
 _STEP = re.compile(r"^\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
 _ANSWER = re.compile(r"A:\s*(-?\d+)")
@@ -104,8 +106,9 @@ class ArithmeticTask:
     """Unused (arithmetic has one variant); accepted so ``get_task`` specs stay uniform."""
     test_percent: int = 20
     """Share of problems (by stable hash) that belong to the test split."""
-    default_levels: tuple[int, ...] = (1, 2, 3)
-    """Levels drawn (uniformly) when no difficulty is given, e.g. for the pretraining corpus."""
+    default_levels: tuple[int, ...] = (1, 2)
+    """Levels drawn (uniformly) when no difficulty is given, e.g. for the pretraining corpus.
+    Harder levels stay unseen in pretraining, for easy-to-hard generalization."""
 
     name = "arithmetic"
     difficulties = tuple(LEVELS)
@@ -173,7 +176,7 @@ class ArithmeticTask:
 
     def _draw(self, rng: random.Random, level: int) -> Example:
         steps, digits = LEVELS[level]
-        lo, hi = (0, 9) if digits == 1 else (10 ** (digits - 1), 10**digits - 1)
+        lo, hi = 10 ** (digits - 1), 10**digits - 1
         operands = [rng.randint(lo, hi)]
         ops: list[str] = []
         value = operands[0]

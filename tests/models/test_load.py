@@ -52,9 +52,13 @@ def test_loads_a_model_folder(tiny_dir):
     assert not info["tokenizer"]["pad_token_from_eos"]
     json.dumps(info)
     original = build_model("tiny", loaded.tokenizer, seed=3)
-    assert torch.equal(
+    # same weights; the attention kernel may differ (tiny models train with eager attention,
+    # which config.json does not keep), so compare to float precision, not bit for bit
+    torch.testing.assert_close(
         _logits(loaded.model, "hello", loaded.tokenizer),
         _logits(original, "hello", loaded.tokenizer),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 

@@ -1,0 +1,106 @@
+"""The CLI: --help everywhere, clear errors, demo, and `superalign serve` as a real process."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from superalign.cli import build_parser, main, overrides_from_args
+from superalign.stages import STAGES
+
+
+def test_overrides_from_args_accepts_three_spellings():
+    got = overrides_from_args(["lr=0.1", "--size", "small", "--steps=5", "--flag", "--a.b", "1"])
+    assert got == ["lr=0.1", "size=small", "steps=5", "flag=true", "a.b=1"]
+
+
+@pytest.mark.parametrize("command", ["", *STAGES, "stage pretrain", "demo", "serve"])
+def test_every_command_has_help(command, capsys):
+    argv = [*command.split(), "--help"]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own --help exits 0
+        rc = e.code
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "usage" in out.lower()
+    if command in STAGES:
+        assert "config fields" in out and "lr (float, default 0.003)" in out
+
+
+def test_unknown_key_exits_2_with_the_closest_key(capsys):
+    assert main(["pretrain", "--lrr", "1"]) == 2
+    assert (
+        "unknown config key 'lrr' for PretrainConfig. Did you mean 'lr'?" in capsys.readouterr().err
+    )
+    assert main(["pretrain", "size=huge"]) == 2
+    assert "size must be one of" in capsys.readouterr().err
+    assert main(["stage", "pretrain", "stesp=3"]) == 2
+    assert "Did you mean 'steps'?" in capsys.readouterr().err
+
+
+def test_parser_lists_every_command():
+    text = build_parser().format_help()
+    for name in ["demo", "serve", "stage", *STAGES]:
+        assert name in text
+
+
+def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
+    quick = [
+        "steps=40",
+        "corpus_size=500",
+        "batch_size=16",
+        "eval_n=8",
+        "eval_difficulties=[1,2]",
+        "threads=1",
+    ]
+    assert main(["demo", *quick, "--runs-dir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out
+    assert "pretrain finished" in first and "held-out gold accuracy, level 2" in first
+    assert main(["demo", *quick, "--runs-dir", str(tmp_path)]) == 0
+    assert "pretrain reused" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_answers_the_client(tmp_path):
+    from superalign.models.http import OpenAIClient
+    from superalign.models.tiny import build_model
+    from superalign.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Q: 1+2\n1+2=3\nA: 3\n"] * 20, 300)
+    build_model("tiny", tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "superalign.cli", "serve", str(tmp_path / "m"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = OpenAIClient(f"http://127.0.0.1:{port}/v1", timeout=30)
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.models()
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {proc.stderr.read()}") from None
+                time.sleep(0.5)
+        (out,) = client.complete(["Q: 1+2\n"], max_tokens=5, temperature=0, logprobs=1)
+        assert len(out.tokens) == len(out.token_logprobs) == 5
+        assert all(lp <= 0 for lp in out.token_logprobs)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
