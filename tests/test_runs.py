@@ -119,16 +119,25 @@ SLOW_STAGE = textwrap.dedent(
 )
 
 
-def test_kill_during_a_run_then_resume(tmp_path):
+def _start_slow_stage(tmp_path):
+    """Start SLOW_STAGE in a process; return it, the run folder, the command and env once it
+    has saved its first checkpoint."""
     script = tmp_path / "stage.py"
     script.write_text(SLOW_STAGE)
     root = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(root), "0.5"], env=env)
+    cmd = [sys.executable, str(script), str(root)]
+    proc = subprocess.Popen([*cmd, "0.5"], env=env)
     d = run_dir_for("slow", {"n": 8}, root=root)
     deadline = time.time() + 120
-    while time.time() < deadline and not (d / "checkpoint" / "step.json").exists():
+    while not (d / "checkpoint" / "step.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the stage never checkpointed"
         time.sleep(0.1)
+    return proc, d, cmd, env
+
+
+def test_kill_during_a_run_then_resume(tmp_path):
+    proc, d, cmd, env = _start_slow_stage(tmp_path)
     time.sleep(0.6)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -137,7 +146,7 @@ def test_kill_during_a_run_then_resume(tmp_path):
     killed_at = json.loads((d / "checkpoint" / "step.json").read_text())["step"]
     assert 1 <= killed_at < 8
 
-    done = subprocess.run([sys.executable, str(script), str(root), "0"], env=env, timeout=120)
+    done = subprocess.run([*cmd, "0"], env=env, timeout=120)
     assert done.returncode == 0 and is_done(d)
     summary = json.loads((d / "summary.json").read_text())
     assert summary["total"] == sum(range(8))  # resumed state, nothing counted twice
@@ -148,18 +157,10 @@ def test_kill_during_a_run_then_resume(tmp_path):
 
 
 def test_second_process_is_refused_while_one_runs(tmp_path):
-    script = tmp_path / "stage.py"
-    script.write_text(SLOW_STAGE)
-    root = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, str(script), str(root), "0.5"], env=env)
-    d = run_dir_for("slow", {"n": 8}, root=root)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (d / "checkpoint").exists():
-        time.sleep(0.1)
+    first, d, _, _ = _start_slow_stage(tmp_path)
     try:
         with pytest.raises(RuntimeError, match="another process"):
-            run_stage("slow", {"n": 8}, lambda run: {}, root=root)
+            run_stage("slow", {"n": 8}, lambda run: {}, root=d.parent)
     finally:
         first.kill()
         first.wait()
