@@ -1,0 +1,1 @@
+"""Scalable training stages: sft, reward_model, rl, dpo, best_of_n, and their math."""
