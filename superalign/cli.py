@@ -54,8 +54,9 @@ def _stage_parser(sub: Any, name: str) -> None:
     p.set_defaults(stage=name)
 
 
-def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML file of config values (CLI overrides win)")
+def _common_run_args(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", type=Path, help="YAML file of config values (CLI overrides win)")
     p.add_argument(
         "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
     )
@@ -99,6 +100,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from superalign.pipeline import load_pipeline, run_pipeline
+
+    steps = load_pipeline(args.pipeline, args.overrides)
+    results = run_pipeline(steps, root=args.runs_dir, force=args.force)
+    for step_id, res in results.items():
+        _print_summary(f"{step_id}: {res.dir}", res.summary)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from superalign.models.serve import serve
 
@@ -130,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--force", action="store_true", help="recompute finished stages")
     d.set_defaults(func=cmd_demo)
+    r = sub.add_parser("run", help="run a pipeline of stages from a YAML file")
+    r.add_argument("pipeline", type=Path, help="pipeline YAML (see pipelines/)")
+    r.add_argument("overrides", nargs="*", metavar="id.key=value", help="change a step's config")
+    _common_run_args(r, config=False)
+    r.set_defaults(func=cmd_run)
     s = sub.add_parser("serve", help="serve a model on localhost with OpenAI-compatible endpoints")
     s.add_argument(
         "model", help="model spec: folder, run folder, .gguf file, preset name or hub id"
