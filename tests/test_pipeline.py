@@ -8,7 +8,9 @@ from superalign.cli import main
 from superalign.config import ConfigError
 from superalign.pipeline import load_pipeline, run_pipeline
 
-QUICK = "{steps: 10, corpus_size: 200, batch_size: 8, eval_n: 4, eval_difficulties: [1], threads: 1}"
+QUICK = (
+    "{steps: 10, corpus_size: 200, batch_size: 8, eval_n: 4, eval_difficulties: [1], threads: 1}"
+)
 
 
 def write(tmp_path, text):
