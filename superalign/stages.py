@@ -25,6 +25,9 @@ class Stage:
     """Name of the config dataclass in ``module``."""
     help: str
     """One line for ``superalign --help``."""
+    inputs: tuple[str, ...] = ()
+    """Config fields that may name upstream artifacts (e.g. ``model``): when the value is an
+    existing path, :func:`execute` fingerprints it into the cache key (see :func:`stage_inputs`)."""
 
     def load(self) -> tuple[type, Callable[..., Mapping[str, Any]]]:
         mod = importlib.import_module(self.module)
@@ -37,6 +40,12 @@ STAGES: dict[str, Stage] = {
         "PretrainConfig",
         "train a tiny model from scratch on a task corpus",
     ),
+    "sft": Stage(
+        "superalign.train.sft",
+        "SFTStageConfig",
+        "supervised fine-tuning on task demonstrations (TRL SFTTrainer)",
+        inputs=("model",),
+    ),
 }
 
 
@@ -48,8 +57,24 @@ def execute(
     root: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
-    """Run stage ``name`` with config ``cfg`` in its run folder, or reuse a finished result."""
+    """Run stage ``name`` with config ``cfg`` in its run folder, or reuse a finished result.
+
+    ``inputs`` adds to (and overrides) the upstream paths found by :func:`stage_inputs`.
+    """
     _, fn = STAGES[name].load()
+    inputs = {**stage_inputs(name, cfg), **(inputs or {})}
     return run_stage(
         name, to_dict(cfg), lambda run: fn(cfg, run), inputs=inputs, root=root, force=force
     )
+
+
+def stage_inputs(name: str, cfg: Any) -> dict[str, str]:
+    """The upstream artifacts named in ``cfg``: each field in ``STAGES[name].inputs`` whose value
+    is an existing file or folder. Their content fingerprints join the cache key, so a retrained
+    upstream model gives a new run folder; other values (a preset or hub id) key by name only."""
+    found = {}
+    for f in STAGES[name].inputs:
+        value = getattr(cfg, f, None)
+        if value and Path(str(value)).expanduser().exists():
+            found[f] = str(Path(str(value)).expanduser())
+    return found

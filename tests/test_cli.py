@@ -28,7 +28,9 @@ def test_every_command_has_help(command, capsys):
     out = capsys.readouterr().out
     assert "usage" in out.lower()
     if command in STAGES:
-        assert "config fields" in out and "lr (float, default 0.003)" in out
+        assert "config fields" in out and "lr (float, default" in out
+    if command == "pretrain":
+        assert "lr (float, default 0.003)" in out
 
 
 def test_unknown_key_exits_2_with_the_closest_key(capsys):

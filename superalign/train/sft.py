@@ -1,0 +1,281 @@
+"""Stage ``sft``: supervised fine-tuning on trusted demonstrations with TRL's ``SFTTrainer``.
+
+``superalign sft model=runs/pretrain-1a2b difficulties=[1,2]`` loads a model (any
+:func:`~superalign.models.load.load_model` spec), draws ``n_train`` demonstrations from the task's
+train split at the given difficulties, and fine-tunes on them in TRL's prompt-completion format
+(``{"prompt": ex.prompt, "completion": ex.solution}``): the loss covers completion tokens only.
+TRL 1.16 appends the tokenizer's EOS token to every completion that does not already end with it
+(``SFTTrainer._prepare_dataset``, "Adding EOS"), so the model learns to stop after ``A: n``.
+
+Held-out gold accuracy on the test split is measured before and after training with greedy
+decoding, and ``model/`` (model + tokenizer, ``save_pretrained``) makes the run folder itself a
+``load_model`` spec for the next stage.
+
+TRL writes its resumable checkpoints (weights, optimizer, scheduler, RNG) under
+``checkpoint/`` in the run folder, with a ``step.json`` marker, so a killed run resumes from the
+last one and the folder is removed when the run finishes (see :mod:`superalign.runs`).
+
+Metrics (``metrics.jsonl``):
+
+- ``loss/train``: mean cross-entropy (nats/token) on completion tokens over the last
+  ``log_every`` optimizer steps, as TRL logs it;
+- ``optim/lr``: learning rate at that step;
+- ``eval/accuracy_before/d{k}``: gold accuracy at difficulty k before training (step 0);
+- ``eval/accuracy/d{k}``: gold accuracy at difficulty k after training;
+- ``eval/loss_before/d{k}``, ``eval/loss/d{k}``: mean cross-entropy (nats/token) of the gold
+  completions (with EOS) of the same held-out examples, before and after training. On tiny
+  models it moves long before accuracy does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from superalign.evaluate import gold_eval
+from superalign.models.load import load_model
+from superalign.runs import Run, atomic_dir, atomic_write_json, atomic_write_text, read_json
+from superalign.tasks import get_task
+
+
+@dataclass
+class SFTStageConfig:
+    """Fine-tune a model on a task's demonstrations (prompt -> gold solution)."""
+
+    model: str = ""
+    """Model to fine-tune: a ``load_model`` spec (run folder, model folder, preset, .gguf, hub id).
+    Required. A path is fingerprinted into the cache key."""
+    task: str = "arithmetic"
+    """Task family whose train split supplies the demonstrations."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the task family (e.g. ``{n_entities: 40}`` for facts)."""
+    difficulties: list[int] = field(default_factory=lambda: [1, 2])
+    """Difficulty levels the demonstrations are drawn from (split evenly across them)."""
+    n_train: int = 2000
+    """Number of demonstrations."""
+    epochs: float = 1.0
+    """Passes over the demonstrations (ignored when ``max_steps`` > 0)."""
+    max_steps: int = 0
+    """Optimizer steps; 0: use ``epochs``."""
+    batch_size: int = 16
+    """Demonstrations per optimizer step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW, linear decay to 0)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    max_length: int = 256
+    """Prompt + completion are cut to this many tokens."""
+    seed: int = 0
+    """Seeds the demonstrations, the batch order and the held-out evaluation sample."""
+    log_every: int = 10
+    """Optimizer steps between ``loss/train`` log lines."""
+    checkpoint_every: int = 200
+    """Optimizer steps between resumable checkpoints (0: none)."""
+    eval_n: int = 200
+    """Held-out test examples per difficulty, before and after training."""
+    eval_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Difficulties to evaluate (must exist in the task)."""
+    max_new_tokens: int = 64
+    """Generation limit during evaluation."""
+    threads: int = 0
+    """torch CPU threads (0: all cores)."""
+
+    def __post_init__(self) -> None:
+        from superalign.config import ConfigError
+
+        if not self.model:
+            raise ConfigError(
+                "model is required: give a load_model spec, e.g. model=runs/pretrain-1a2b"
+            )
+        for name in ("n_train", "batch_size", "eval_n", "log_every", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_steps", "checkpoint_every", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise ConfigError(f"epochs must be positive when max_steps is 0, not {self.epochs}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
+        if not self.difficulties:
+            raise ConfigError("difficulties must name at least one level, e.g. [1, 2]")
+
+
+def demonstrations(cfg: SFTStageConfig, task: Any) -> list[dict[str, str]]:
+    """``n_train`` prompt-completion rows from the train split, split evenly over difficulties."""
+    rows = []
+    k = len(cfg.difficulties)
+    for i, d in enumerate(cfg.difficulties):
+        n = cfg.n_train // k + (i < cfg.n_train % k)
+        rows += [
+            {"prompt": ex.prompt, "completion": ex.solution}
+            for ex in task.examples("train", n, d, seed=cfg.seed)
+        ]
+    return rows
+
+
+@torch.no_grad()
+def completion_loss(model: Any, tokenizer: Any, examples: list[Any], batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats/token) of ``ex.solution + EOS`` given ``ex.prompt``, as SFT
+    trains it: the prompt's tokens are context only."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        seqs, starts = [], []
+        for ex in chunk:
+            prompt = tokenizer(ex.prompt)["input_ids"]
+            full = tokenizer(ex.prompt + ex.solution + tokenizer.eos_token)["input_ids"]
+            seqs.append(full)
+            starts.append(len(prompt))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)  # [batch, width]
+        for j, (s, start) in enumerate(zip(seqs, starts)):
+            ids[j, : len(s)] = torch.tensor(s)
+            labels[j, start : len(s)] = ids[j, start : len(s)]
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels[:, 1:].flatten().to(model.device),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += nll.item()
+        count += int((labels[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
+    """Evaluate, fine-tune with TRL, evaluate again, save ``model/``; returns the summary."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    task = get_task(cfg.task, **cfg.task_options)
+    bad = [d for d in [*cfg.difficulties, *cfg.eval_difficulties] if d not in task.difficulties]
+    if bad:
+        raise ValueError(
+            f"difficulties {bad} do not exist in {cfg.task}; it has {list(task.difficulties)}"
+        )
+    model, tokenizer, info = load_model(cfg.model)
+
+    def evaluate(step: int, suffix: str) -> dict[str, float]:
+        model.eval()
+        tokenizer.padding_side = "left"  # generation pads on the left
+        out = {}
+        for d in cfg.eval_difficulties:
+            ev = gold_eval(
+                model,
+                tokenizer,
+                task,
+                difficulty=d,
+                n=cfg.eval_n,
+                seed=cfg.seed,
+                max_new_tokens=cfg.max_new_tokens,
+            )
+            out[f"eval/accuracy{suffix}/d{d}"] = ev.accuracy
+            out[f"eval/loss{suffix}/d{d}"] = completion_loss(model, tokenizer, ev.examples)
+        run.log(step, out)
+        return out
+
+    resume_step = _resume_step(run)
+    before = {
+        k: v for r in run.metrics() if r["step"] == 0 for k, v in r.items() if "_before/" in k
+    }
+    if len(before) < 2 * len(cfg.eval_difficulties):  # a resumed run keeps its own
+        before = evaluate(0, "_before")
+
+    trainer = _trainer(cfg, run, model, tokenizer, demonstrations(cfg, task))
+    trainer.train(resume_from_checkpoint=resume_step is not None)
+    steps = trainer.state.global_step
+
+    after = evaluate(steps, "")
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(run.path("model")) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    losses = [r["loss/train"] for r in run.metrics() if "loss/train" in r]
+    return {
+        "task": cfg.task,
+        "model": info,
+        "n_train": cfg.n_train,
+        "steps": steps,
+        "loss/train_first": losses[0] if losses else None,
+        "loss/train_final": losses[-1] if losses else None,
+        **before,
+        **after,
+        "model_dir": "model",
+        **({"resumed_from_step": resume_step} if resume_step is not None else {}),
+    }
+
+
+def _resume_step(run: Run) -> int | None:
+    """The step of TRL's last checkpoint in ``checkpoint/``, dropping metrics logged after it."""
+    marker = run.path("checkpoint") / "step.json"
+    if not marker.is_file():
+        return None
+    step = read_json(marker)["step"]
+    rows = [r for r in run.metrics() if r["step"] <= step]
+    atomic_write_text(run.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    run.resumed_from = step
+    return step
+
+
+def _trainer(
+    cfg: SFTStageConfig, run: Run, model: Any, tokenizer: Any, rows: list[dict[str, str]]
+) -> Any:
+    """A TRL ``SFTTrainer`` with CPU-safe settings that logs into ``run`` and checkpoints in it."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    class _ToRun(TrainerCallback):
+        """Copies TRL's log lines into ``metrics.jsonl`` and marks each saved checkpoint."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if logs and "loss" in logs:
+                row = {"loss/train": logs["loss"]}
+                if "learning_rate" in logs:
+                    row["optim/lr"] = logs["learning_rate"]
+                run.log(state.global_step, row)
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            # run_stage keeps (and resumes) a folder only when checkpoint/step.json exists
+            atomic_write_json(args.output_dir + "/step.json", {"step": state.global_step})
+
+    cuda = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(run.path("checkpoint")),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="linear",
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        logging_steps=cfg.log_every,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.checkpoint_every else "no",
+        save_steps=cfg.checkpoint_every or 500,
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[_ToRun()],
+    )

@@ -1,0 +1,168 @@
+"""End-to-end: the sft stage fine-tunes a pretrained tiny model on demonstrations with TRL.
+
+The base model is pretrained on level-1 problems only (one step), then fine-tuned on level-2
+demonstrations (two steps). At this size (150 pretraining steps) gold accuracy stays near 0 before
+and after (0-3% on 32 problems), so accuracy is only range-checked here; what SFT reliably does is
+lower the held-out completion loss and teach the two-step solution format, which is asserted.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import superalign.train.sft as sft
+from superalign.config import ConfigError, load_config, to_dict
+from superalign.models.load import load_model
+from superalign.models.pretrain import PretrainConfig
+from superalign.models.sampling import sample
+from superalign.runs import read_metrics, run_dir_for
+from superalign.stages import execute, stage_inputs
+from superalign.tasks import get_task
+from superalign.tasks.arithmetic import parse_answer, parse_steps
+
+PRETRAIN = [
+    "corpus_size=3000",
+    "steps=150",
+    "batch_size=32",
+    "warmup_steps=20",
+    "eval_n=16",
+    "eval_difficulties=[1]",
+    "task_options.default_levels=[1]",
+    "threads=1",
+]
+SFT = [
+    "difficulties=[2]",
+    "n_train=1000",
+    "max_steps=100",
+    "batch_size=32",
+    "lr=2e-3",
+    "warmup_steps=10",
+    "log_every=10",
+    "checkpoint_every=50",
+    "eval_n=32",
+    "eval_difficulties=[1,2]",
+    "max_new_tokens=40",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    pre = execute("pretrain", load_config(PretrainConfig, None, PRETRAIN), root=root)
+    cfg = load_config(sft.SFTStageConfig, None, [f"model={pre.dir}", *SFT])
+    return execute("sft", cfg, root=root), pre, cfg, root
+
+
+def _two_step_rate(model_dir, examples) -> float:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    out = sample(model, tok, [e.prompt for e in examples], temperature=0, max_new_tokens=40)
+    ok = [
+        len(parse_steps(c)) == 2 and None not in parse_steps(c) and parse_answer(c) is not None
+        for c in out.texts
+    ]
+    return sum(ok) / len(ok)
+
+
+def test_loss_falls_on_train_and_held_out_completions(tuned):
+    res, _, _, _ = tuned
+    s = res.summary
+    assert s["steps"] == 100 and s["n_train"] == 1000
+    assert s["loss/train_final"] < 0.5 * s["loss/train_first"]
+    rows = read_metrics(res.dir)
+    assert len([r for r in rows if "loss/train" in r]) >= 5
+    assert {"eval/accuracy_before/d2", "eval/loss_before/d2"} <= set(rows[0])
+    # held-out (test split) gold completions of the trained level: much more likely after SFT
+    assert s["eval/loss/d2"] < 0.7 * s["eval/loss_before/d2"]
+    for k in ("eval/accuracy_before/d1", "eval/accuracy/d1", "eval/accuracy/d2"):
+        assert 0.0 <= s[k] <= 1.0
+
+
+def test_sft_teaches_the_demonstrated_two_step_format(tuned):
+    res, pre, _, _ = tuned
+    exs = get_task("arithmetic").examples("test", 32, 2, seed=7)
+    before = _two_step_rate(pre.dir / "model", exs)
+    after = _two_step_rate(res.dir / "model", exs)
+    assert after >= 0.7 and after > before, (before, after)
+
+
+def test_parameters_changed(tuned):
+    res, pre, _, _ = tuned
+    a = AutoModelForCausalLM.from_pretrained(pre.dir / "model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(res.dir / "model").state_dict()
+    changed = [k for k in a if a[k].dim() >= 2 and not torch.equal(a[k], b[k])]
+    assert len(changed) == len([k for k in a if a[k].dim() >= 2])
+
+
+def test_result_is_a_loadable_run_folder_and_records_its_source(tuned):
+    res, pre, _, _ = tuned
+    model, tok, info = load_model(res.dir)
+    assert info["source"] == "run" and tok.eos_token is not None
+    assert res.summary["model"]["source"] == "run"
+    assert not (res.dir / "checkpoint").exists()  # TRL's checkpoints go when the run finishes
+
+
+def test_rerun_reuses_and_upstream_fingerprint_is_in_the_key(tuned):
+    res, pre, cfg, root = tuned
+    again = execute("sft", cfg, root=root)
+    assert again.reused and again.dir == res.dir
+    record = json.loads((res.dir / "config.json").read_text())
+    assert record["config"] == to_dict(cfg)
+    assert record["inputs"]["model"]["path"] == str(pre.dir)
+    assert res.dir == run_dir_for("sft", to_dict(cfg), stage_inputs("sft", cfg), root=root)
+
+    # same path, other content (a retrained upstream) -> another run folder
+    copy = root / "upstream-copy"
+    shutil.copytree(pre.dir, copy)
+    cfg2 = load_config(sft.SFTStageConfig, None, [f"model={copy}", *SFT])
+    first = run_dir_for("sft", to_dict(cfg2), stage_inputs("sft", cfg2), root=root)
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "steps": 151}))
+    assert run_dir_for("sft", to_dict(cfg2), stage_inputs("sft", cfg2), root=root) != first
+    # a spec that is not a path (preset or hub id) keys by name only
+    assert stage_inputs("sft", sft.SFTStageConfig(model="gemma3-270m")) == {}
+
+
+def test_interrupted_run_resumes_from_trl_checkpoint(tuned, monkeypatch):
+    _, pre, _, root = tuned
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 7:
+                raise RuntimeError("simulated crash")
+
+    make = sft._trainer
+
+    def crashing(*a, **kw):
+        t = make(*a, **kw)
+        t.add_callback(Crash())
+        return t
+
+    args = [f"model={pre.dir}", *SFT, "max_steps=10", "checkpoint_every=5", "eval_n=4"]
+    args += ["eval_difficulties=[1]", "log_every=1", "n_train=64", "batch_size=8"]
+    cfg = load_config(sft.SFTStageConfig, None, args)
+    monkeypatch.setattr(sft, "_trainer", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute("sft", cfg, root=root)
+    monkeypatch.setattr(sft, "_trainer", make)
+    res = execute("sft", cfg, root=root)
+    assert res.summary["resumed_from_step"] == 5 and res.summary["steps"] == 10
+    steps = [r["step"] for r in read_metrics(res.dir) if "loss/train" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 10  # no duplicated log lines
+    assert len([r for r in read_metrics(res.dir) if "eval/accuracy_before/d1" in r]) == 1
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="model is required"):
+        sft.SFTStageConfig()
+    with pytest.raises(ConfigError, match="lr"):
+        sft.SFTStageConfig(model="x", lr=0)
+    with pytest.raises(ConfigError, match="difficulties"):
+        sft.SFTStageConfig(model="x", difficulties=[])
