@@ -47,3 +47,22 @@ def gold_eval(
     )
     scores = [task.grade(ex, c) for ex, c in zip(examples, out.texts)]
     return GoldEval(sum(scores) / max(len(scores), 1), len(scores), examples, out.texts, scores)
+
+
+def gold_eval_by_difficulty(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    difficulties: list[int],
+    *,
+    n: int = 200,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+) -> dict[int, GoldEval]:
+    """:func:`gold_eval` on held-out test examples at each difficulty (greedy)."""
+    return {
+        d: gold_eval(
+            model, tokenizer, task, difficulty=d, n=n, seed=seed, max_new_tokens=max_new_tokens
+        )
+        for d in difficulties
+    }

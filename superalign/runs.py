@@ -152,19 +152,26 @@ class Run:
             torch.save(state, tmp / "state.pt")
             atomic_write_json(tmp / "step.json", {"step": int(step)})
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint's state, or None. Drops metrics logged after it."""
-        ckpt = self.dir / _CHECKPOINT
-        if not (ckpt / "step.json").is_file():
+    def resume_step(self) -> int | None:
+        """The step of the last checkpoint (``checkpoint/step.json``), or None. Drops metrics
+        logged after it and records it as ``resumed_from``. Stages whose trainer writes its own
+        checkpoints into ``checkpoint/`` (TRL) mark them with ``step.json`` and call this."""
+        marker = self.dir / _CHECKPOINT / "step.json"
+        if not marker.is_file():
             return None
-        import torch
-
-        step = read_json(ckpt / "step.json")["step"]
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        step = read_json(marker)["step"]
         rows = [r for r in read_metrics(self.dir) if r["step"] <= step]
         atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         self.resumed_from = step
-        return state
+        return step
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint's state, or None. Drops metrics logged after it."""
+        if self.resume_step() is None:
+            return None
+        import torch
+
+        return torch.load(self.dir / _CHECKPOINT / "state.pt", weights_only=False)
 
 
 @dataclass

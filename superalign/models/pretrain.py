@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from superalign.evaluate import gold_eval
+from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.tiny import SIZES, Size, build_model, n_params
 from superalign.models.tokenizer import train_tokenizer
 from superalign.runs import Run, atomic_dir
@@ -154,18 +154,16 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
         start = state["step"]
 
     def evaluate(step: int) -> dict[str, float]:
-        accs = {}
-        for d in cfg.eval_difficulties:
-            ev = gold_eval(
-                model,
-                tokenizer,
-                task,
-                difficulty=d,
-                n=cfg.eval_n,
-                seed=cfg.seed,
-                max_new_tokens=cfg.max_new_tokens,
-            )
-            accs[f"eval/accuracy/d{d}"] = ev.accuracy
+        evals = gold_eval_by_difficulty(
+            model,
+            tokenizer,
+            task,
+            cfg.eval_difficulties,
+            n=cfg.eval_n,
+            seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+        accs = {f"eval/accuracy/d{d}": ev.accuracy for d, ev in evals.items()}
         run.log(step, accs)
         return accs
 

@@ -29,7 +29,6 @@ Metrics (``metrics.jsonl``):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,9 +36,9 @@ from typing import Any
 
 import torch
 
-from superalign.evaluate import gold_eval
+from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
-from superalign.runs import Run, atomic_dir, atomic_write_json, atomic_write_text, read_json
+from superalign.runs import Run, atomic_dir, atomic_write_json
 from superalign.tasks import get_task
 
 
@@ -165,23 +164,23 @@ def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
     def evaluate(step: int, suffix: str) -> dict[str, float]:
         model.eval()
         tokenizer.padding_side = "left"  # generation pads on the left
+        evals = gold_eval_by_difficulty(
+            model,
+            tokenizer,
+            task,
+            cfg.eval_difficulties,
+            n=cfg.eval_n,
+            seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens,
+        )
         out = {}
-        for d in cfg.eval_difficulties:
-            ev = gold_eval(
-                model,
-                tokenizer,
-                task,
-                difficulty=d,
-                n=cfg.eval_n,
-                seed=cfg.seed,
-                max_new_tokens=cfg.max_new_tokens,
-            )
+        for d, ev in evals.items():
             out[f"eval/accuracy{suffix}/d{d}"] = ev.accuracy
             out[f"eval/loss{suffix}/d{d}"] = completion_loss(model, tokenizer, ev.examples)
         run.log(step, out)
         return out
 
-    resume_step = _resume_step(run)
+    resume_step = run.resume_step()
     before = {
         k: v for r in run.metrics() if r["step"] == 0 for k, v in r.items() if "_before/" in k
     }
@@ -209,20 +208,7 @@ def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
         **before,
         **after,
         "model_dir": "model",
-        **({"resumed_from_step": resume_step} if resume_step is not None else {}),
     }
-
-
-def _resume_step(run: Run) -> int | None:
-    """The step of TRL's last checkpoint in ``checkpoint/``, dropping metrics logged after it."""
-    marker = run.path("checkpoint") / "step.json"
-    if not marker.is_file():
-        return None
-    step = read_json(marker)["step"]
-    rows = [r for r in run.metrics() if r["step"] <= step]
-    atomic_write_text(run.path("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    run.resumed_from = step
-    return step
 
 
 def _trainer(
