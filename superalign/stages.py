@@ -46,6 +46,36 @@ STAGES: dict[str, Stage] = {
         "supervised fine-tuning on task demonstrations (TRL SFTTrainer)",
         inputs=("model",),
     ),
+    "preferences": Stage(
+        "superalign.train.preferences",
+        "PreferencesConfig",
+        "collect preference pairs from a policy and an overseer (or from data), with gold labels",
+        inputs=("model", "overseer"),
+    ),
+    "reward_model": Stage(
+        "superalign.train.reward_model",
+        "RewardModelConfig",
+        "train a Bradley-Terry reward model on preference pairs (TRL RewardTrainer)",
+        inputs=("preferences", "model"),
+    ),
+    "rl": Stage(
+        "superalign.train.rl",
+        "RLConfig",
+        "optimize a policy against any overseer with a KL penalty (TRL GRPO / RLOO)",
+        inputs=("model", "overseer", "reference"),
+    ),
+    "dpo": Stage(
+        "superalign.train.dpo",
+        "DPOStageConfig",
+        "direct preference optimization on preference pairs (TRL DPOTrainer)",
+        inputs=("model", "preferences"),
+    ),
+    "best_of_n": Stage(
+        "superalign.train.best_of_n",
+        "BestOfNConfig",
+        "best-of-n sampling against any overseer, with gold and KL for each n",
+        inputs=("model", "overseer"),
+    ),
 }
 
 

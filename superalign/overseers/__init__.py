@@ -7,5 +7,16 @@ from superalign.overseers.base import (
     agreement_with_gold,
     auroc,
 )
+from superalign.overseers.build import OVERSEERS, build_overseer
+from superalign.overseers.raters import SimulatedRater
 
-__all__ = ["GoldOverseer", "Overseer", "OverseerAgreement", "agreement_with_gold", "auroc"]
+__all__ = [
+    "OVERSEERS",
+    "GoldOverseer",
+    "Overseer",
+    "OverseerAgreement",
+    "SimulatedRater",
+    "agreement_with_gold",
+    "auroc",
+    "build_overseer",
+]
