@@ -1,5 +1,6 @@
 """The CLI: --help everywhere, clear errors, demo, and `superalign serve` as a real process."""
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -28,7 +29,9 @@ def test_every_command_has_help(command, capsys):
     out = capsys.readouterr().out
     assert "usage" in out.lower()
     if command in STAGES:
-        assert "config fields" in out and "lr (float, default" in out
+        cfg_cls, _ = STAGES[command].load()
+        assert "config fields" in out
+        assert all(f"\n  {f.name} (" in out for f in dataclasses.fields(cfg_cls))
     if command == "pretrain":
         assert "lr (float, default 0.003)" in out
 
