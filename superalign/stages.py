@@ -76,6 +76,11 @@ STAGES: dict[str, Stage] = {
         "best-of-n sampling against any overseer, with gold and KL for each n",
         inputs=("model", "overseer"),
     ),
+    "weak_to_strong": Stage(
+        "superalign.generalize.weak_to_strong",
+        "WeakToStrongConfig",
+        "weak-to-strong generalization: weak labels, strong student, gold ceiling, PGR",
+    ),
 }
 
 
