@@ -76,6 +76,12 @@ STAGES: dict[str, Stage] = {
         "best-of-n sampling against any overseer, with gold and KL for each n",
         inputs=("model", "overseer"),
     ),
+    "overoptimization": Stage(
+        "superalign.train.overoptimization",
+        "OveroptimizationConfig",
+        "fit Gao et al. overoptimization curves to best_of_n and rl runs, and plot them",
+        inputs=("runs",),
+    ),
     "weak_to_strong": Stage(
         "superalign.generalize.weak_to_strong",
         "WeakToStrongConfig",
@@ -105,11 +111,14 @@ def execute(
 
 def stage_inputs(name: str, cfg: Any) -> dict[str, str]:
     """The upstream artifacts named in ``cfg``: each field in ``STAGES[name].inputs`` whose value
-    is an existing file or folder. Their content fingerprints join the cache key, so a retrained
-    upstream model gives a new run folder; other values (a preset or hub id) key by name only."""
+    is an existing file or folder (for a list field, each existing entry, keyed ``field.i``).
+    Their content fingerprints join the cache key, so a retrained upstream model gives a new run
+    folder; other values (a preset or hub id) key by name only."""
     found = {}
     for f in STAGES[name].inputs:
         value = getattr(cfg, f, None)
-        if value and Path(str(value)).expanduser().exists():
-            found[f] = str(Path(str(value)).expanduser())
+        items = enumerate(value) if isinstance(value, list | tuple) else [(None, value)]
+        for i, v in items:
+            if v and Path(str(v)).expanduser().exists():
+                found[f if i is None else f"{f}.{i}"] = str(Path(str(v)).expanduser())
     return found
