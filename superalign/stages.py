@@ -68,13 +68,19 @@ STAGES: dict[str, Stage] = {
         "superalign.train.dpo",
         "DPOStageConfig",
         "direct preference optimization on preference pairs (TRL DPOTrainer)",
-        inputs=("model", "preferences"),
+        inputs=("model", "preferences", "reference"),
     ),
     "best_of_n": Stage(
         "superalign.train.best_of_n",
         "BestOfNConfig",
         "best-of-n sampling against any overseer, with gold and KL for each n",
         inputs=("model", "overseer"),
+    ),
+    "judge_eval": Stage(
+        "superalign.overseers.judge",
+        "JudgeEvalConfig",
+        "measure an LLM judge's agreement with gold on a task",
+        inputs=("model", "policy"),
     ),
     "overoptimization": Stage(
         "superalign.train.overoptimization",

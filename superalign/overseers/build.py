@@ -16,35 +16,23 @@ ground truth), and is used only through ``score(prompts, completions)``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superalign.overseers.base import GoldOverseer, Overseer
-from superalign.overseers.raters import SimulatedRater
+from superalign.overseers.base import Overseer
 from superalign.tasks.base import Example, Task
 
-
-def _reward_model(task: Task, examples: list[Example], **options: Any) -> Overseer:
-    from superalign.overseers.reward_model import RewardModelOverseer
-
-    return RewardModelOverseer.load(**options)
-
-
-def _judge(task: Task, examples: list[Example], **options: Any) -> Overseer:
-    from superalign.overseers.judge import LLMJudge
-
-    return LLMJudge.build(task=task, examples=examples, **options)
-
-
-OVERSEERS: dict[str, Callable[..., Overseer]] = {
-    "gold": GoldOverseer,
-    "rater": SimulatedRater,
-    "reward_model": _reward_model,
-    "judge": _judge,
+OVERSEERS: dict[str, str] = {
+    "gold": "superalign.overseers.base:GoldOverseer",
+    "rater": "superalign.overseers.raters:SimulatedRater",
+    "reward_model": "superalign.overseers.reward_model:RewardModelOverseer.load",
+    "judge": "superalign.overseers.judge:LLMJudge.build",
 }
-"""Overseer name -> builder ``(task, examples, **options) -> Overseer``."""
+"""Overseer name -> its builder, ``module:attribute``, imported when used. A builder takes the
+overseer's options as keyword arguments, plus ``task`` and ``examples`` when it names them."""
 
 
 def build_overseer(
@@ -63,25 +51,32 @@ def build_overseer(
                 f"overseer {spec!r} is neither one of {sorted(OVERSEERS)} nor an existing path "
                 "(a reward_model run folder)"
             )
-    builder = OVERSEERS[spec]
-    valid = _option_names(builder)
-    if valid is not None:
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise ValueError(
-                f"overseer_options: {unknown[0]!r} is not an option of overseer {spec!r}; "
-                f"valid options: {sorted(valid)}"
-            )
-    return builder(task=task, examples=examples, **options)
+    builder = _resolve(OVERSEERS[spec])
+    accepted = _parameters(builder)
+    unknown = sorted(set(options) - accepted - {"task", "examples"})
+    if unknown:
+        raise ValueError(
+            f"overseer_options: {unknown[0]!r} is not an option of overseer {spec!r}; "
+            f"valid options: {sorted(accepted - {'task', 'examples'})}"
+        )
+    context = {k: v for k, v in (("task", task), ("examples", examples)) if k in accepted}
+    return builder(**context, **options)
 
 
-def _option_names(builder: Callable[..., Any]) -> set[str] | None:
-    """Options a builder accepts besides task and examples (None: cannot tell, let it check)."""
+def _resolve(target: str) -> Callable[..., Overseer]:
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _parameters(builder: Callable[..., Any]) -> set[str]:
+    """Keyword arguments a builder accepts (a dataclass: its init fields)."""
     if dataclasses.is_dataclass(builder):
-        names = {f.name for f in dataclasses.fields(builder) if f.init}
-    else:
-        params = inspect.signature(builder).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return None
-        names = {p.name for p in params}
-    return names - {"task", "examples"}
+        return {f.name for f in dataclasses.fields(builder) if f.init}
+    return {
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
