@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from superalign.config import ConfigError, describe, load_config
+from superalign.runs import process_rank
 from superalign.stages import STAGES
 
 
@@ -88,8 +89,9 @@ def run_stage_command(name: str, args: argparse.Namespace, extra: list[str]) -> 
         return 0
     cfg = load_config(cfg_cls, args.config, overrides_from_args(extra))
     res = execute(name, cfg, root=args.runs_dir, force=args.force)
-    verb = "reused finished run (--force recomputes)" if res.reused else "finished"
-    _print_summary(f"{name} {verb}: {res.dir}", res.summary)
+    if process_rank()[0] == 0:  # under accelerate launch / torchrun, rank 0 speaks for all
+        verb = "reused finished run (--force recomputes)" if res.reused else "finished"
+        _print_summary(f"{name} {verb}: {res.dir}", res.summary)
     return 0
 
 

@@ -231,11 +231,17 @@ def run_stage(
     fps = _fingerprints(inputs or {})
     material = _key_material(stage, config, fps)
     run_dir = runs_root(root) / f"{stage}-{config_key(material)}"
+    rank, world = process_rank()
+    barrier = _barrier if world > 1 else lambda: None
+    if rank > 0:
+        return _run_helper_rank(run_dir, rank, stage, config, fn, inputs, force, barrier)
     if is_done(run_dir) and not force:
+        barrier()
         return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _lock(run_dir):
         if is_done(run_dir) and not force:  # finished by another process while we waited
+            barrier()
             return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
         if force or not (run_dir / _CHECKPOINT / "step.json").is_file():
             _clear(run_dir)  # nothing to resume from: restart clean
@@ -245,17 +251,64 @@ def run_stage(
             "superalign_version": __version__,
         }
         atomic_write_json(run_dir / "config.json", record)
+        if world > 1:
+            (run_dir / _CHECKPOINT).mkdir(exist_ok=True)  # the other ranks link to it
         run = Run(
             run_dir, stage, dict(config), inputs={k: str(v) for k, v in (inputs or {}).items()}
         )
+        barrier()  # the folder is ready
         start = time.time()
         summary = dict(fn(run))
         summary.setdefault("wall_seconds", round(time.time() - start, 2))
         if run.resumed_from is not None:
             summary.setdefault("resumed_from_step", run.resumed_from)
+        barrier()  # every rank is done with checkpoint/
         shutil.rmtree(run_dir / _CHECKPOINT, ignore_errors=True)
         atomic_write_json(run_dir / "summary.json", summary)
     return StageResult(run_dir, summary, reused=False)
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under ``torchrun`` / ``accelerate launch`` (their
+    ``RANK`` and ``WORLD_SIZE``); ``(0, 1)`` for a single process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _run_helper_rank(
+    run_dir: Path,
+    rank: int,
+    stage: str,
+    config: Mapping[str, Any],
+    fn: Callable[[Run], Mapping[str, Any]],
+    inputs: Mapping[str, str | Path] | None,
+    force: bool,
+    barrier: Callable[[], None],
+) -> StageResult:
+    """Rank ``rank`` > 0: run ``fn`` in a scratch folder that shares rank 0's ``checkpoint/``."""
+    barrier()  # rank 0 has prepared the folder (or found it finished)
+    if is_done(run_dir) and not force:
+        return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
+    scratch = run_dir.with_name(f".{run_dir.name}.rank{rank}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    (scratch / _CHECKPOINT).symlink_to((run_dir / _CHECKPOINT).resolve(), target_is_directory=True)
+    run = Run(scratch, stage, dict(config), inputs={k: str(v) for k, v in (inputs or {}).items()})
+    try:
+        summary = dict(fn(run))
+        barrier()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return StageResult(run_dir, summary, reused=False)
+
+
+def _barrier() -> None:
+    """Wait for every process of the launch, through accelerate's process group (initialised here
+    as the trainers will: gloo on CPU, the accelerator's backend otherwise)."""
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    PartialState(cpu=cpu or not torch.cuda.is_available()).wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,468 @@
+"""Stage ``rl``: optimise a policy against any overseer under an explicit KL penalty to a frozen
+reference, with TRL's ``GRPOTrainer`` (or ``RLOOTrainer``), and measure gold beside the proxy.
+
+``superalign rl model=runs/sft-1a2b overseer=rater beta=0.05 max_steps=200`` loads the policy and
+a separate frozen **reference** (``reference``, default: a second copy of ``model``), and trains
+on prompts from the task's train split. The reward is a plain callable
+``reward(prompts, completions, **kwargs) -> list[float]`` around the overseer built by
+:func:`~superalign.overseers.build.build_overseer`; the gold grader is never given to the
+optimiser unless it *is* the overseer (``overseer=gold``).
+
+KL (the leash): ``beta`` is set explicitly (TRL's GRPO default is 0, no reference at all).
+
+- ``grpo``: the per-token k3 estimate ``exp(r) - r - 1`` (``r = log ref - log pi``) is added to
+  the per-token loss with weight ``beta`` (TRL, ``_compute_loss``);
+- ``rloo``: the sequence sum of k1 ``log pi - log ref`` is subtracted from the reward with
+  weight ``beta`` (TRL, ``_generate_and_score_completions``).
+
+TRL builds its reference from ``model.config._name_or_path``, which can be neither our reference
+nor loadable (a GGUF preset), so the trainer is made with ``beta=0`` (no reference loaded) and
+then given ours: :func:`_attach_reference` sets ``trainer.beta`` / ``args.beta`` and
+``trainer.ref_model`` exactly as TRL's ``__init__`` would have (fused LM head, accelerator
+preparation).
+
+Gold accounting (a ``TrainerCallback``, main process only): at step 0, every ``eval_every``
+steps and at the end it samples **fresh** completions (temperature 1, the same seed each time)
+of ``eval_n`` held-out **test** prompts from the current policy, and logs the proxy and gold
+rewards, the sequence-level KL(policy || reference) with its 95% interval (log-probs of the
+sampling policy from :func:`~superalign.models.sampling.sample`, of the reference from
+:func:`~superalign.models.sampling.token_logprobs`), the policy's entropy and length, and greedy
+gold accuracy. See ``docs/stages/rl.md`` for every metric.
+
+TRL's checkpoints (weights, optimizer, scheduler, RNG) go under ``checkpoint/`` with a
+``step.json`` marker, so a killed run resumes; ``model/`` at the end makes the run folder a
+``load_model`` spec.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import TrainerCallback
+
+from superalign.evaluate import gold_eval
+from superalign.models.load import load_model
+from superalign.models.sampling import sample, token_logprobs
+from superalign.overseers import build_overseer
+from superalign.runs import Run, atomic_dir, atomic_write_json
+from superalign.tasks import get_task
+from superalign.tasks.base import Example, Task
+from superalign.train.kl import mean_ci, sequence_kl
+
+TRL_METRICS: dict[str, str] = {
+    "loss": "train/loss",
+    "reward": "train/reward",
+    "reward_std": "train/reward_std",
+    "frac_reward_zero_std": "train/frac_reward_zero_std",
+    "kl": "train/kl",
+    "entropy": "train/entropy",
+    "completions/mean_length": "train/length",
+    "completions/clipped_ratio": "train/clipped_ratio",
+    "clip_ratio/region_mean": "train/clip_ratio",
+    "grad_norm": "optim/grad_norm",
+    "learning_rate": "optim/lr",
+}
+"""TRL's per-step log keys -> our metric names (documented in ``docs/stages/rl.md``)."""
+
+
+@dataclass
+class RLConfig:
+    """Optimise a policy against an overseer with a KL penalty to a frozen reference."""
+
+    model: str = ""
+    """Policy to train: a ``load_model`` spec (run folder, model folder, preset, .gguf, hub id).
+    Required. A path is fingerprinted into the cache key."""
+    reference: str = ""
+    """Frozen reference of the KL penalty and of ``kl/ref``: a ``load_model`` spec with the
+    policy's tokenizer. Empty: a separate copy of ``model`` as it was at step 0."""
+    overseer: str = "gold"
+    """The reward: ``gold``, ``rater``, ``judge``, ``reward_model`` or a reward_model run folder
+    (see ``superalign.overseers.build``)."""
+    overseer_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the overseer (e.g. ``{check_steps: 0, length_bias: 0.5}`` for ``rater``)."""
+    task: str = "arithmetic"
+    """Task family whose train split supplies the prompts and whose grader is gold."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the task family."""
+    difficulties: list[int] = field(default_factory=lambda: [1])
+    """Difficulty levels of the training and held-out prompts (split evenly across them)."""
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    """TRL trainer: ``grpo`` (group-normalised advantages, k3 KL in the loss) or ``rloo``
+    (leave-one-out baseline, k1 KL in the reward)."""
+    beta: float = 0.05
+    """KL coefficient (0: no penalty; ``kl/ref`` is still measured)."""
+    n_train: int = 2000
+    """Training prompts drawn from the train split (the pool the trainer samples from)."""
+    max_steps: int = 200
+    """Optimizer steps."""
+    prompts_per_step: int = 8
+    """Distinct prompts per optimizer step (over all processes)."""
+    num_generations: int = 8
+    """Completions sampled per prompt (the group of GRPO / RLOO); at least 2."""
+    lr: float = 1e-5
+    """Learning rate (AdamW, constant after ``warmup_steps``). Tiny ``pretrain`` models: ~1e-4
+    (3e-4 and more lowered held-out gold in our runs)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    epsilon: float = 0.2
+    """Clipping range of the probability ratio (PPO-style; inactive while updates stay on-policy,
+    one optimizer step per generation batch, as here)."""
+    max_new_tokens: int = 64
+    """Generation limit, in training and in the gold accounting."""
+    seed: int = 0
+    """Seeds prompts, sampling, batch order and the held-out set."""
+    log_every: int = 1
+    """Optimizer steps between ``train/*`` log lines."""
+    checkpoint_every: int = 50
+    """Optimizer steps between resumable checkpoints (0: none)."""
+    eval_every: int = 10
+    """Optimizer steps between gold-accounting evaluations (also at step 0 and at the end)."""
+    eval_n: int = 128
+    """Held-out test prompts per gold-accounting evaluation."""
+    threads: int = 0
+    """torch CPU threads (0: all cores)."""
+
+    def __post_init__(self) -> None:
+        from superalign.config import ConfigError
+
+        if not self.model:
+            raise ConfigError(
+                "model is required: give a load_model spec, e.g. model=runs/sft-1a2b3c4d5e"
+            )
+        if self.algorithm not in ("grpo", "rloo"):
+            raise ConfigError(f"algorithm must be 'grpo' or 'rloo', not {self.algorithm!r}")
+        for name in ("n_train", "max_steps", "prompts_per_step", "eval_every", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("log_every", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("checkpoint_every", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations must be at least 2 (advantages compare completions of the same "
+                f"prompt), not {self.num_generations}"
+            )
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ConfigError(f"beta must be a finite number >= 0, not {self.beta}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
+        if not 0 < self.epsilon < 1:
+            raise ConfigError(f"epsilon must be in (0, 1), not {self.epsilon}")
+        if not self.difficulties or len(set(self.difficulties)) < len(self.difficulties):
+            raise ConfigError(
+                f"difficulties must name distinct levels, at least one (e.g. [1]), not "
+                f"{self.difficulties}"
+            )
+
+
+def split_examples(
+    task: Task, split: str, n: int, difficulties: list[int], seed: int
+) -> list[Example]:
+    """``n`` examples of ``split``, split evenly over ``difficulties`` (the first get the rest)."""
+    out: list[Example] = []
+    k = len(difficulties)
+    for i, d in enumerate(difficulties):
+        out += task.examples(split, n // k + (i < n % k), d, seed=seed)
+    return out
+
+
+def overseer_reward(overseer: Any) -> Callable[..., list[float]]:
+    """The TRL reward callable ``reward(prompts, completions, **kwargs) -> list[float]`` of an
+    overseer; TRL's extra keyword arguments (completion ids, trainer state...) are ignored."""
+
+    def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        return [float(s) for s in overseer.score(list(prompts), list(completions))]
+
+    reward.__name__ = "overseer"  # TRL names its per-function metrics after it
+    return reward
+
+
+# --- gold accounting --------------------------------------------------------------------------
+
+
+def _pad(rows: list[list[float]]) -> torch.Tensor:
+    """Right-pad ragged rows with zeros into [batch, max_len]."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.zeros(len(rows), max(width, 1), dtype=torch.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
+    return out
+
+
+def gold_accounting(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    task: Task,
+    overseer: Any,
+    examples: list[Example],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    difficulties: list[int],
+) -> dict[str, float]:
+    """Proxy and gold reward, KL(policy || reference), entropy and length of fresh samples
+    (temperature 1, ``seed``) of the held-out ``examples``, and greedy gold accuracy."""
+    prompts = [ex.prompt for ex in examples]
+    s = sample(
+        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed
+    )
+    ref = token_logprobs(reference, s.prompt_ids, s.completion_ids, pad_id=tokenizer.pad_token_id)
+    lp_policy, lp_ref = _pad(s.logprobs), _pad(ref)  # [batch, tokens]
+    mask = _pad([[1.0] * len(c) for c in s.completion_ids])
+    kl = sequence_kl(lp_policy, lp_ref, mask)
+    ci = mean_ci(kl.k3)
+    proxy = overseer.score(prompts, s.texts)
+    gold = [task.grade(ex, c) for ex, c in zip(examples, s.texts)]
+    out = {
+        "reward/proxy": sum(proxy) / len(proxy),
+        "reward/gold": sum(gold) / len(gold),
+        "kl/ref": ci.mean,
+        "kl/ref_k1": float(kl.k1.mean()),
+        "kl/ref_low": ci.low,
+        "kl/ref_high": ci.high,
+        "policy/entropy": float(-(lp_policy * mask).sum(-1).mean()),
+        "policy/length": float(mask.sum(-1).mean()),
+    }
+    correct, total = 0.0, 0
+    for d in difficulties:
+        n_d = sum(ex.difficulty == d for ex in examples)
+        ev = gold_eval(
+            policy, tokenizer, task, difficulty=d, n=n_d, seed=seed, max_new_tokens=max_new_tokens
+        )
+        if len(difficulties) > 1:
+            out[f"eval/accuracy/d{d}"] = ev.accuracy
+        correct, total = correct + ev.accuracy * ev.n, total + ev.n
+    out["eval/accuracy"] = correct / max(total, 1)
+    return out
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
+    """Train with TRL against the overseer, with gold accounting; save ``model/``; summary."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    task = get_task(cfg.task, **cfg.task_options)
+    bad = [d for d in cfg.difficulties if d not in task.difficulties]
+    if bad:
+        raise ValueError(
+            f"difficulties {bad} do not exist in {cfg.task}; it has {list(task.difficulties)}"
+        )
+    train = split_examples(task, "train", cfg.n_train, cfg.difficulties, cfg.seed)
+    held_out = split_examples(task, "test", cfg.eval_n, cfg.difficulties, cfg.seed)
+    overseer = build_overseer(cfg.overseer, task, train + held_out, cfg.overseer_options)
+
+    model, tokenizer, info = load_model(cfg.model)
+    reference, ref_tokenizer, ref_info = load_model(cfg.reference or cfg.model)
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"reference {cfg.reference!r} has another tokenizer than model {cfg.model!r}; "
+            "KL needs both to score the same tokens"
+        )
+    reference.requires_grad_(False).eval()
+
+    def account(step: int) -> None:
+        row = gold_accounting(
+            model,
+            reference,
+            tokenizer,
+            task,
+            overseer,
+            held_out,
+            seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens,
+            difficulties=cfg.difficulties,
+        )
+        run.log(step, row)
+
+    resume_step = run.resume_step()
+    done = {r["step"] for r in run.metrics() if "reward/gold" in r}  # a resumed run keeps its own
+    trainer = _trainer(cfg, run, model, tokenizer, [ex.prompt for ex in train], overseer)
+    _attach_reference(trainer, reference, cfg.beta)
+    check_sampling(trainer, tokenizer)
+    trainer.add_callback(GoldAccounting(account, cfg.eval_every, done))
+    trainer.train(resume_from_checkpoint=resume_step is not None)
+
+    if trainer.is_world_process_zero():
+        with atomic_dir(run.path("model")) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return {
+        "task": cfg.task,
+        "algorithm": cfg.algorithm,
+        "model": info,
+        "reference": ref_info,
+        "overseer": cfg.overseer,
+        "steps": trainer.state.global_step,
+        "processes": trainer.accelerator.num_processes,
+        **summarize(run.metrics()),
+        "model_dir": "model",
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Initial, final and peak gold and proxy, KL at the gold peak and at the end, from the
+    gold-accounting rows of ``metrics.jsonl`` (empty on processes that did not evaluate)."""
+    rows = sorted((r for r in rows if "reward/gold" in r), key=lambda r: r["step"])
+    if not rows:
+        return {}
+    first, last = rows[0], rows[-1]
+    peak = max(rows, key=lambda r: (r["reward/gold"], -r["step"]))  # earliest of equal peaks
+    out: dict[str, Any] = {}
+    for name in ("reward/gold", "reward/proxy", "eval/accuracy"):
+        out[f"{name}_initial"] = first[name]
+        out[f"{name}_final"] = last[name]
+    out["reward/gold_peak"] = peak["reward/gold"]
+    out["reward/gold_peak_step"] = peak["step"]
+    out["reward/proxy_peak"] = max(r["reward/proxy"] for r in rows)
+    out["kl/ref_at_gold_peak"] = peak["kl/ref"]
+    out["kl/ref_final"] = last["kl/ref"]
+    return out
+
+
+class GoldAccounting(TrainerCallback):
+    """Calls ``account(step)`` at step 0, every ``every`` optimizer steps
+    and at the end, on the main process only, once per step (``done``: steps already logged)."""
+
+    def __init__(self, account: Callable[[int], None], every: int, done: set[int]) -> None:
+        self.account, self.every, self.done = account, every, set(done)
+
+    def _maybe(self, state: Any) -> None:
+        if state.is_world_process_zero and state.global_step not in self.done:
+            self.account(state.global_step)
+            self.done.add(state.global_step)
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == 0:
+            self._maybe(state)
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step % self.every == 0:
+            self._maybe(state)
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._maybe(state)
+
+
+# --- TRL --------------------------------------------------------------------------------------
+
+
+def _trainer(
+    cfg: RLConfig, run: Run, model: Any, tokenizer: Any, prompts: list[str], overseer: Any
+) -> Any:
+    """A TRL ``GRPOTrainer`` / ``RLOOTrainer`` with CPU-safe settings, logging into ``run`` and
+    checkpointing in it. Built with ``beta=0``; :func:`_attach_reference` sets the KL."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    class _ToRun(TrainerCallback):
+        """Copies TRL's log lines into ``metrics.jsonl`` and marks each saved checkpoint."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            row = {ours: logs[k] for k, ours in TRL_METRICS.items() if logs and k in logs}
+            if row and "train_runtime" not in logs:
+                run.log(state.global_step, row)
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            # run_stage keeps (and resumes) a folder only when checkpoint/step.json exists
+            atomic_write_json(args.output_dir + "/step.json", {"step": state.global_step})
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    completions = cfg.prompts_per_step * cfg.num_generations
+    if completions % world:
+        raise ValueError(
+            f"prompts_per_step x num_generations = {completions} completions per step do not "
+            f"split evenly over {world} processes"
+        )
+    cuda = torch.cuda.is_available()
+    config_cls, trainer_cls = {
+        "grpo": (GRPOConfig, GRPOTrainer),
+        "rloo": (RLOOConfig, RLOOTrainer),
+    }[cfg.algorithm]
+    args = config_cls(
+        output_dir=str(run.path("checkpoint")),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=completions // world,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=1.0,  # the sampling distribution is the policy itself: what KL assumes
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,  # set by _attach_reference, with our reference model
+        epsilon=cfg.epsilon,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_steps,
+        seed=cfg.seed,
+        disable_dropout=True,
+        logging_steps=cfg.log_every,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.checkpoint_every else "no",
+        save_steps=cfg.checkpoint_every or 500,
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0,
+    )
+    return trainer_cls(
+        model=model,
+        reward_funcs=overseer_reward(overseer),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tokenizer,
+        callbacks=[_ToRun()],
+    )
+
+
+def _attach_reference(trainer: Any, reference: Any, beta: float) -> None:
+    """Give ``trainer`` our frozen ``reference`` and KL coefficient, as TRL's ``__init__`` does
+    for the reference it would load itself (its ``_name_or_path``) when ``beta != 0``."""
+    from trl.models import prepare_deepspeed, prepare_fsdp
+    from trl.trainer.utils import add_fused_lm_head
+
+    trainer.beta = trainer.args.beta = beta
+    if beta == 0:
+        return
+    add_fused_lm_head(reference, temperature=trainer.temperature)
+    if trainer.is_deepspeed_enabled:
+        reference = prepare_deepspeed(reference, trainer.accelerator)
+    elif trainer.is_fsdp_enabled:
+        reference = prepare_fsdp(reference, trainer.accelerator)
+    else:
+        reference = trainer.accelerator.prepare_model(reference, evaluation_mode=True)
+    trainer.ref_model = reference
+
+
+def check_sampling(trainer: Any, tokenizer: Any) -> None:
+    """Fail unless TRL samples from the unmodified policy (temperature 1, no top-k / top-p /
+    min-p / repetition penalty) and stops at the tokenizer's EOS and pads with its pad token:
+    the KL penalty and ``kl/ref`` assume completions are drawn from the policy itself."""
+    g = trainer.generation_config
+    plain = {"temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+    changed = {k: getattr(g, k) for k, v in plain.items() if getattr(g, k) not in (None, v)}
+    if g.top_k not in (None, 0):
+        changed["top_k"] = g.top_k
+    if g.min_p is not None:
+        changed["min_p"] = g.min_p
+    if changed or not g.do_sample:
+        raise ValueError(f"TRL would not sample from the policy itself: {changed or 'greedy'}")
+    if tokenizer.eos_token_id not in trainer.eos_token_ids:
+        raise ValueError(f"TRL would not stop at EOS {tokenizer.eos_token_id}")
+    if g.pad_token_id != tokenizer.pad_token_id:
+        raise ValueError(
+            f"TRL pads with {g.pad_token_id}, the tokenizer with {tokenizer.pad_token_id}"
+        )
