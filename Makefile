@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pretrain_accuracy.py
+	$(BIN)/python bench/rl_step.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
