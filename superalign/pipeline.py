@@ -8,7 +8,7 @@ stages:
     config: {task: arithmetic, size: tiny}
   - id: tuned
     stage: sft
-    config: {model: ${policy}, difficulties: [2]}   # ${id}: that step's run folder
+    config: {model: "${policy}", difficulties: [2]}   # ${id}: that step's run folder (quoted in flow style)
 ```
 
 Steps run in order; each is an ordinary stage run, so a finished step with the same config and
