@@ -1,12 +1,16 @@
 """Pipelines: checked on load, run in order, reuse finished steps, resolve ${id} references."""
 
+import json
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from superalign.cli import main
-from superalign.config import ConfigError
+from superalign.config import ConfigError, from_dict
 from superalign.pipeline import load_pipeline, run_pipeline
+from superalign.stages import STAGES
 
 QUICK = (
     "{steps: 10, corpus_size: 200, batch_size: 8, eval_n: 4, eval_difficulties: [1], threads: 1}"
@@ -56,3 +60,17 @@ def test_pipeline_runs_then_reuses_and_overrides_recompute(tmp_path, capsys):
     assert "a reused" in capsys.readouterr().out
     assert main(["run", str(path), "a.seed=1", "--runs-dir", runs]) == 0
     assert "a finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.glob("pipelines/*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_pipelines_load_and_every_step_config_is_valid(path):
+    steps = load_pipeline(path)
+    ids = [s.id for s in steps]
+    for step in steps:
+        refs = re.findall(r"\$\{(\w+)\}", json.dumps(step.config))
+        assert all(r in ids[: ids.index(step.id)] for r in refs), (step.id, refs)
+        config = json.loads(re.sub(r"\$\{\w+\}", "runs/upstream", json.dumps(step.config)))
+        cfg_cls, _ = STAGES[step.stage].load()
+        from_dict(cfg_cls, config, prefix=f"{step.id}.")  # raises ConfigError when invalid
