@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,10 +53,11 @@ import torch
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
 from superalign.models.sampling import sample, token_logprobs
-from superalign.runs import Run, atomic_dir, atomic_write_json
+from superalign.runs import Run, atomic_dir
 from superalign.tasks import get_task
 from superalign.train.kl import mean_ci, sequence_kl
 from superalign.train.preferences import read_preferences
+from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
 
 LossType = Literal["sigmoid", "hinge", "ipo", "robust"]
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "robust")
@@ -386,51 +386,23 @@ def _trainer(
 ) -> Any:
     """A TRL ``DPOTrainer`` with CPU-safe settings that logs into ``run`` and checkpoints in it."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    class _ToRun(TrainerCallback):
-        """Copies TRL's log lines into ``metrics.jsonl`` and marks each saved checkpoint."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if logs and "loss" in logs:
-                row = {"loss/train": logs["loss"]}
-                if "learning_rate" in logs:
-                    row["optim/lr"] = logs["learning_rate"]
-                row.update({ours: logs[k] for k, ours in TRL_METRICS.items() if k in logs})
-                run.log(state.global_step, row)
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            # run_stage keeps (and resumes) a folder only when checkpoint/step.json exists
-            atomic_write_json(args.output_dir + "/step.json", {"step": state.global_step})
-
-    cuda = torch.cuda.is_available()
     args = DPOConfig(
-        output_dir=str(run.path("checkpoint")),
+        **trainer_args(
+            run, seed=cfg.seed, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every
+        ),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         lr_scheduler_type="linear",
-        seed=cfg.seed,
         beta=cfg.beta,
         loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight else [cfg.loss_type],
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
         label_smoothing=cfg.label_smoothing,
         max_length=cfg.max_length,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,
-        save_strategy="steps" if cfg.checkpoint_every else "no",
-        save_steps=cfg.checkpoint_every or 500,
-        save_total_limit=1,
-        report_to=[],
-        use_cpu=not cuda,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=not sys.stderr.isatty(),
-        dataloader_num_workers=0,
     )
     rows = [
         {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs
@@ -441,5 +413,5 @@ def _trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[_ToRun()],
+        callbacks=[run_callback(run, {**LOSS_AND_LR, **TRL_METRICS})],
     )

@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,9 +55,10 @@ import torch
 from superalign.models.load import load_model
 from superalign.models.tiny import SIZES, n_params, tiny_config
 from superalign.overseers.reward_model import reward_scores
-from superalign.runs import Run, atomic_dir, atomic_write_json, read_json
+from superalign.runs import Run, atomic_dir, read_json
 from superalign.train.losses import bradley_terry_loss
 from superalign.train.preferences import read_preferences
+from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
 
 
 @dataclass
@@ -273,47 +273,20 @@ def _trainer(
     """A TRL ``RewardTrainer`` with CPU-safe settings that logs into ``run`` and checkpoints in
     it."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    class _ToRun(TrainerCallback):
-        """Copies TRL's log lines into ``metrics.jsonl`` and marks each saved checkpoint."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if logs and "loss" in logs:
-                row = {"loss/train": logs["loss"]}
-                if "learning_rate" in logs:
-                    row["optim/lr"] = logs["learning_rate"]
-                run.log(state.global_step, row)
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            # run_stage keeps (and resumes) a folder only when checkpoint/step.json exists
-            atomic_write_json(args.output_dir + "/step.json", {"step": state.global_step})
-
-    cuda = torch.cuda.is_available()
     args = RewardConfig(
-        output_dir=str(run.path("checkpoint")),
+        **trainer_args(
+            run, seed=cfg.seed, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every
+        ),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         lr_scheduler_type="linear",
-        seed=cfg.seed,
         max_length=cfg.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient or None,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,
-        save_strategy="steps" if cfg.checkpoint_every else "no",
-        save_steps=cfg.checkpoint_every or 500,
-        save_total_limit=1,
-        report_to=[],
-        use_cpu=not cuda,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=not sys.stderr.isatty(),
-        dataloader_num_workers=0,
     )
     rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     return RewardTrainer(
@@ -321,5 +294,5 @@ def _trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[_ToRun()],
+        callbacks=[run_callback(run, LOSS_AND_LR)],
     )

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,10 +49,11 @@ from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
 from superalign.models.sampling import sample, token_logprobs
 from superalign.overseers import build_overseer
-from superalign.runs import Run, atomic_dir, atomic_write_json
+from superalign.runs import Run, atomic_dir
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task
 from superalign.train.kl import mean_ci, sequence_kl
+from superalign.train.trl_common import run_callback, trainer_args
 
 TRL_METRICS: dict[str, str] = {
     "loss": "train/loss",
@@ -365,18 +365,6 @@ def _trainer(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    class _ToRun(TrainerCallback):
-        """Copies TRL's log lines into ``metrics.jsonl`` and marks each saved checkpoint."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            row = {ours: logs[k] for k, ours in TRL_METRICS.items() if logs and k in logs}
-            if row and "train_runtime" not in logs:
-                run.log(state.global_step, row)
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-            # run_stage keeps (and resumes) a folder only when checkpoint/step.json exists
-            atomic_write_json(args.output_dir + "/step.json", {"step": state.global_step})
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     completions = cfg.prompts_per_step * cfg.num_generations
     if completions % world:
@@ -384,13 +372,14 @@ def _trainer(
             f"prompts_per_step x num_generations = {completions} completions per step do not "
             f"split evenly over {world} processes"
         )
-    cuda = torch.cuda.is_available()
     config_cls, trainer_cls = {
         "grpo": (GRPOConfig, GRPOTrainer),
         "rloo": (RLOOConfig, RLOOTrainer),
     }[cfg.algorithm]
     args = config_cls(
-        output_dir=str(run.path("checkpoint")),
+        **trainer_args(
+            run, seed=cfg.seed, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every
+        ),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=completions // world,
         num_generations=cfg.num_generations,
@@ -403,20 +392,7 @@ def _trainer(
         learning_rate=cfg.lr,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=cfg.warmup_steps,
-        seed=cfg.seed,
         disable_dropout=True,
-        logging_steps=cfg.log_every,
-        logging_first_step=True,
-        save_strategy="steps" if cfg.checkpoint_every else "no",
-        save_steps=cfg.checkpoint_every or 500,
-        save_total_limit=1,
-        report_to=[],
-        use_cpu=not cuda,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=not sys.stderr.isatty(),
-        dataloader_num_workers=0,
     )
     return trainer_cls(
         model=model,
@@ -424,7 +400,7 @@ def _trainer(
         args=args,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,
-        callbacks=[_ToRun()],
+        callbacks=[run_callback(run, TRL_METRICS)],
     )
 
 
