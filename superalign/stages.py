@@ -93,6 +93,41 @@ STAGES: dict[str, Stage] = {
         "WeakToStrongConfig",
         "weak-to-strong generalization: weak labels, strong student, gold ceiling, PGR",
     ),
+    "easy_to_hard": Stage(
+        "superalign.generalize.easy_to_hard",
+        "EasyToHardConfig",
+        "easy-to-hard generalization of policies and reward models, as gap recovered on hard",
+        inputs=("model", "sft_easy", "sft_hard", "rm_easy", "rm_hard", "hard_preferences"),
+    ),
+    "critic": Stage(
+        "superalign.overseers.critic",
+        "CriticConfig",
+        "train a critic that points at the wrong step of a solution (SFT on gold critiques)",
+        inputs=("model",),
+    ),
+    "oversight": Stage(
+        "superalign.overseers.sandwich",
+        "OversightConfig",
+        "sandwiching: each overseer configuration's accuracy against gold on held-out solutions",
+        inputs=("policies", "critic", "debater"),
+    ),
+    "digits_debate": Stage(
+        "superalign.overseers.digits_debate",
+        "DigitsDebateConfig",
+        "sparse-pixel debate on 8x8 digits (Irving et al. 2018): judge accuracy vs no debate",
+    ),
+    "interp": Stage(
+        "superalign.validate.interp",
+        "InterpConfig",
+        "activations, linear probes, sparse autoencoder, explain-simulate-score, steering check",
+        inputs=("model",),
+    ),
+    "redteam": Stage(
+        "superalign.validate.redteam",
+        "RedTeamConfig",
+        "automated red teaming: attackers search for prompts that trigger a behaviour",
+        inputs=("target", "attacker"),
+    ),
 }
 
 
