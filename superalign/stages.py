@@ -50,7 +50,7 @@ STAGES: dict[str, Stage] = {
         "superalign.train.preferences",
         "PreferencesConfig",
         "collect preference pairs from a policy and an overseer (or from data), with gold labels",
-        inputs=("model", "overseer"),
+        inputs=("model", "overseer", "overseer_options"),
     ),
     "reward_model": Stage(
         "superalign.train.reward_model",
@@ -62,7 +62,7 @@ STAGES: dict[str, Stage] = {
         "superalign.train.rl",
         "RLConfig",
         "optimize a policy against any overseer with a KL penalty (TRL GRPO / RLOO)",
-        inputs=("model", "overseer", "reference"),
+        inputs=("model", "overseer", "reference", "overseer_options"),
     ),
     "dpo": Stage(
         "superalign.train.dpo",
@@ -74,7 +74,7 @@ STAGES: dict[str, Stage] = {
         "superalign.train.best_of_n",
         "BestOfNConfig",
         "best-of-n sampling against any overseer, with gold and KL for each n",
-        inputs=("model", "overseer"),
+        inputs=("model", "overseer", "overseer_options"),
     ),
     "judge_eval": Stage(
         "superalign.overseers.judge",
@@ -109,7 +109,7 @@ STAGES: dict[str, Stage] = {
         "superalign.overseers.sandwich",
         "OversightConfig",
         "sandwiching: each overseer configuration's accuracy against gold on held-out solutions",
-        inputs=("policies", "critic", "debater"),
+        inputs=("policies", "critic", "debater", "overseers"),
     ),
     "digits_debate": Stage(
         "superalign.overseers.digits_debate",
@@ -152,14 +152,22 @@ def execute(
 
 def stage_inputs(name: str, cfg: Any) -> dict[str, str]:
     """The upstream artifacts named in ``cfg``: each field in ``STAGES[name].inputs`` whose value
-    is an existing file or folder (for a list field, each existing entry, keyed ``field.i``).
+    is an existing file or folder, searched inside lists and dicts too (an entry keyed by its
+    dotted place, e.g. ``models.1`` or ``overseer_options.critic``).
     Their content fingerprints join the cache key, so a retrained upstream model gives a new run
     folder; other values (a preset or hub id) key by name only."""
-    found = {}
+    found: dict[str, str] = {}
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{key}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(f"{key}.{i}", v)
+        elif isinstance(value, str | Path) and value and Path(str(value)).expanduser().exists():
+            found[key] = str(Path(str(value)).expanduser())
+
     for f in STAGES[name].inputs:
-        value = getattr(cfg, f, None)
-        items = enumerate(value) if isinstance(value, list | tuple) else [(None, value)]
-        for i, v in items:
-            if v and Path(str(v)).expanduser().exists():
-                found[f if i is None else f"{f}.{i}"] = str(Path(str(v)).expanduser())
+        walk(f, getattr(cfg, f, None))
     return found
