@@ -1,8 +1,8 @@
 """One CLI: ``superalign <command>``; ``superalign <command> --help`` for each.
 
 Stage commands take config overrides as ``key=value``, ``--key value`` or ``--key=value``
-(nested keys with dots: ``task_options.n_entities=40``), on top of an optional ``--config``
-YAML file.
+(nested keys with dots: ``task_options.n_entities=40``; in ``--key`` a dash reads as an
+underscore: ``--kl-budget``), on top of an optional ``--config`` YAML file.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from superalign.stages import STAGES
 
 
 def overrides_from_args(extra: list[str]) -> list[str]:
-    """Turn leftover CLI tokens into ``key=value`` overrides."""
+    """Turn leftover CLI tokens into ``key=value`` overrides. In the ``--key`` spellings a dash in
+    the key stands for an underscore (``--kl-budget 2`` is ``kl_budget=2``), as flags are written."""
     out, i = [], 0
     while i < len(extra):
         tok = extra[i]
         if tok.startswith("--"):
-            key = tok[2:]
-            if "=" in key:
+            name, eq, value = tok[2:].partition("=")
+            key = name.replace("-", "_") + eq + value
+            if eq:
                 out.append(key)
             elif (
                 i + 1 < len(extra) and not extra[i + 1].startswith("--") and "=" not in extra[i + 1]

@@ -128,6 +128,19 @@ STAGES: dict[str, Stage] = {
         "automated red teaming: attackers search for prompts that trigger a behaviour",
         inputs=("target", "attacker"),
     ),
+    "organism": Stage(
+        "superalign.stress.organisms",
+        "OrganismConfig",
+        "train a deliberately misaligned model organism (or its clean control) with a sealed "
+        "record of its flaw",
+        inputs=("model",),
+    ),
+    "gate": Stage(
+        "superalign.deploy.gate",
+        "GateConfig",
+        "admit a candidate policy only within a KL budget of a safe one and when its audits pass",
+        inputs=("candidate", "safe", "audits"),
+    ),
 }
 
 

@@ -18,6 +18,18 @@ def test_overrides_from_args_accepts_three_spellings():
     assert got == ["lr=0.1", "size=small", "steps=5", "flag=true", "a.b=1"]
 
 
+def test_dashed_flags_name_underscored_fields():
+    got = overrides_from_args(["--kl-budget", "2", "--gold-tolerance=0.1", "task_options.x-y=1"])
+    assert got == ["kl_budget=2", "gold_tolerance=0.1", "task_options.x-y=1"]  # key=value as given
+    from superalign.config import load_config
+    from superalign.deploy.gate import GateConfig
+
+    cfg = load_config(
+        GateConfig, None, overrides_from_args(["--candidate", "c", "--safe", "s", *got[:2]])
+    )
+    assert cfg.kl_budget == 2.0 and cfg.gold_tolerance == 0.1
+
+
 @pytest.mark.parametrize("command", ["", *STAGES, "stage pretrain", "demo", "serve"])
 def test_every_command_has_help(command, capsys):
     argv = [*command.split(), "--help"]
