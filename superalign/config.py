@@ -190,7 +190,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Turn ``value`` (from YAML or a CLI string) into type ``tp`` or raise a clear error."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:  # untyped (e.g. the values of a dict[str, Any]): read a CLI string as YAML
-        return yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:  # not YAML (e.g. ">="): the string itself
+            return value
     if _is_union(tp):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:

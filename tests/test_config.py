@@ -110,3 +110,13 @@ def test_round_trip_and_docs():
     assert field_docs(Cfg)["steps"] == "Optimizer steps."
     text = describe(Cfg)
     assert "size ('tiny' | 'small', default 'tiny')" in text and "Learning rate." in text
+
+
+def test_untyped_values_that_are_not_yaml_stay_strings():
+    @dataclass
+    class C:
+        options: dict[str, Any] = field(default_factory=dict)
+        """Free-form options."""
+
+    cfg = load_config(C, None, ["options.op=>=", "options.n=3"])
+    assert cfg.options == {"op": ">=", "n": 3}
