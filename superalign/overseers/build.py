@@ -7,7 +7,17 @@ Specs (the names in :data:`OVERSEERS`, or a path):
 - ``reward_model``: a trained reward model; ``overseer_options.path`` names its run folder.
   A path given directly as the spec means the same;
 - ``judge``: an :class:`~superalign.overseers.judge.LLMJudge` (options: its fields, e.g.
-  ``model``).
+  ``model``);
+- ``assisted_rater``: a rater that verifies a critic's flagged step first
+  (:class:`~superalign.overseers.assisted.CritiqueAssistedRater`; options ``critic``: a
+  ``critic`` run folder, ``rater``: the rater's options);
+- ``debate``, ``consultant``: a judging rater assisted by two debaters or by one consultant
+  (:mod:`superalign.overseers.assisted`; options ``debater``, ``rounds``, ``judge``, and
+  ``seed`` for the consultant's side);
+- ``process``: process supervision, the share of correct steps
+  (:class:`~superalign.overseers.assisted.ProcessOverseer`);
+- ``sneaky``: red-team reward for wrong solutions a rater accepts
+  (:class:`~superalign.overseers.assisted.SneakyReward`; option ``rater``).
 
 Every overseer is built for the examples whose prompts it will see (gold and raters need their
 ground truth), and is used only through ``score(prompts, completions)``.
@@ -30,6 +40,11 @@ OVERSEERS: dict[str, str] = {
     "rater": "superalign.overseers.raters:SimulatedRater",
     "reward_model": "superalign.overseers.reward_model:RewardModelOverseer.load",
     "judge": "superalign.overseers.judge:LLMJudge.build",
+    "assisted_rater": "superalign.overseers.assisted:CritiqueAssistedRater.build",
+    "debate": "superalign.overseers.assisted:Debate.build",
+    "consultant": "superalign.overseers.assisted:Consultant.build",
+    "process": "superalign.overseers.assisted:ProcessOverseer",
+    "sneaky": "superalign.overseers.assisted:SneakyReward.build",
 }
 """Overseer name -> its builder, ``module:attribute``, imported when used. A builder takes the
 overseer's options as keyword arguments, plus ``task`` and ``examples`` when it names them."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,8 +84,15 @@ class SimulatedRater:
         z = (sa - sb + self.position_bias) / self.temperature
         return 1 / (1 + math.exp(-max(min(z, 50.0), -50.0)))
 
-    def base(self, example: Example, completion: str) -> float:
-        """The score before biases and noise: what the budgeted checks conclude."""
+    def base(self, example: Example, completion: str, check_first: Sequence[int] = ()) -> float:
+        """The score before biases and noise: what the budgeted checks conclude.
+
+        ``check_first`` (for assisted raters) lists step indices to verify before the usual
+        choice, within the same budget: index ``i`` below the number of written steps checks
+        that step; an index of a problem operation with no written step checks that it is
+        missing (a failed check); other indices are ignored. The rest of the budget goes to
+        the remaining steps by ``check``.
+        """
         if "ops" not in example.meta:  # no steps to check
             return self.task.grade(example, completion) if self.check_steps else 0.5
         from superalign.tasks.arithmetic import parse_answer, parse_steps, step_labels
@@ -93,8 +101,13 @@ class SimulatedRater:
         answer = parse_answer(completion)
         if answer is None or not steps or steps[-1] is None or steps[-1].result != answer:
             return 0.0  # the free surface checks
-        idx = list(range(len(labels)))
-        k = min(self.check_steps, len(idx))
+        n_ops = len(example.meta["ops"])
+        first = [i for i in dict.fromkeys(check_first) if 0 <= i < max(len(labels), n_ops)]
+        first = first[: self.check_steps]
+        if any(i >= len(labels) or not labels[i] for i in first):
+            return 0.0  # a prioritized check failed (a wrong or a missing step)
+        idx = [i for i in range(len(labels)) if i not in first]
+        k = min(self.check_steps - len(first), len(idx))
         if self.check == "first":
             chosen = idx[:k]
         elif self.check == "last":
@@ -103,14 +116,20 @@ class SimulatedRater:
             chosen = random.Random(self._hash(example.prompt, completion, "steps")).sample(idx, k)
         return float(all(labels[i] for i in chosen))
 
-    def _score(self, prompt: str, completion: str) -> float:
+    def score_assisted(
+        self, prompts: list[str], completions: list[str], check_first: list[Sequence[int]]
+    ) -> list[float]:
+        """``score`` with, per completion, step indices to verify first (see :meth:`base`)."""
+        return [self._score(p, c, f) for p, c, f in zip(prompts, completions, check_first)]
+
+    def _score(self, prompt: str, completion: str, check_first: Sequence[int] = ()) -> float:
         ex = self._by_prompt.get(prompt)
         if ex is None:
             raise KeyError(
                 f"SimulatedRater has no example for prompt {prompt!r}; pass its Example when "
                 "building it"
             )
-        s = self.base(ex, completion)
+        s = self.base(ex, completion, check_first)
         s += self.length_bias * len(completion) / 100
         if any(w in completion.lower() for w in CONFIDENT_WORDS):
             s += self.confidence_bias
