@@ -102,8 +102,8 @@ STAGES: dict[str, Stage] = {
     "critic": Stage(
         "superalign.overseers.critic",
         "CriticConfig",
-        "train a critic that points at the wrong step of a solution (SFT on gold critiques)",
-        inputs=("model",),
+        "train a step critic (a per-line P(wrong) head on the policy LM, gold step labels)",
+        inputs=("model", "policy"),
     ),
     "oversight": Stage(
         "superalign.overseers.sandwich",
