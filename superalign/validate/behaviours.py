@@ -189,7 +189,7 @@ def package_file(package: str, relative: str) -> Path:
 
 def behaviour_list(name_or_path: str) -> list[str]:
     """Behaviour descriptions: ``advbench``, ``jbb``, ``harmbench`` (from their packages) or a
-    file: ``.txt`` (one per line), ``.csv`` (column ``Behavior`` / ``goal`` / ``prompt``),
+    file: ``.txt`` (one per line), ``.csv`` (column ``Goal`` / ``Behavior`` / ``prompt``),
     ``.prompt`` / ``.yaml`` (pyrit seed files: the ``value`` of each seed)."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -199,11 +199,11 @@ def behaviour_list(name_or_path: str) -> list[str]:
             )
         path = package_file(*BEHAVIOUR_FILES[name_or_path])
     if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        key = next((k for k in ("Behavior", "goal", "Goal", "prompt") if rows and k in rows[0]), "")
+        rows = _csv_rows(path)
+        names = ("Goal", "goal", "Behavior", "behavior", "prompt")  # JBB: Goal; HarmBench: Behavior
+        key = next((k for k in names if rows and k in rows[0]), "")
         if not key:
-            raise ValueError(f"{path}: no Behavior / goal / prompt column")
+            raise ValueError(f"{path}: no Goal / Behavior / prompt column")
         return [r[key].strip() for r in rows if r[key].strip()]
     if path.suffix in (".prompt", ".yaml", ".yml"):
         import yaml
@@ -216,23 +216,32 @@ def behaviour_list(name_or_path: str) -> list[str]:
 
 def labelled_responses(path: str) -> list[tuple[str, int]]:
     """``(text, label)`` pairs (1 = harmful) from a CSV or JSONL with a text column
-    (``response`` / ``text`` / ``completion``) and a label column (``label`` / ``harmful`` /
-    ``human_majority`` / ``is_harmful``; values 1/0, true/false, yes/no, or a score >= 0.5)."""
+    (``response`` / ``target_response`` (JBB) / ``assistant_response`` (pyrit) / ``text`` /
+    ``completion``) and a label column (``label`` / ``harmful`` / ``human_majority`` (JBB) /
+    ``human_score`` / ``human_score_1`` (pyrit, 0-1) / ``is_harmful``; values 1/0, true/false,
+    yes/no, or a score >= 0.5). ``#`` comment lines before a CSV header are skipped."""
     p = Path(path).expanduser()
     if p.suffix == ".jsonl":
         rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     else:
-        with open(p, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = _csv_rows(p)
     if not rows:
         raise ValueError(f"{p} holds no rows")
-    text = next((k for k in ("response", "text", "completion") if k in rows[0]), None)
-    label = next(
-        (k for k in ("label", "harmful", "human_majority", "is_harmful") if k in rows[0]), None
-    )
+    texts = ("response", "target_response", "assistant_response", "text", "completion")
+    labels = ("label", "harmful", "human_majority", "human_score", "human_score_1", "is_harmful")
+    text = next((k for k in texts if k in rows[0]), None)
+    label = next((k for k in labels if k in rows[0]), None)
     if text is None or label is None:
         raise ValueError(f"{p}: need a text and a label column, found {sorted(rows[0])}")
     return [(str(r[text]), _as_label(r[label])) for r in rows if str(r[text]).strip()]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, skipping ``#`` comment lines before the header (pyrit's files
+    start with ``# dataset_version=...``)."""
+    with open(path, newline="") as f:
+        lines = [line for line in f if not line.startswith("#")]
+    return list(csv.DictReader(lines))
 
 
 def _as_label(v: Any) -> int:
