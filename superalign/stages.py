@@ -97,7 +97,15 @@ STAGES: dict[str, Stage] = {
         "superalign.generalize.easy_to_hard",
         "EasyToHardConfig",
         "easy-to-hard generalization of policies and reward models, as gap recovered on hard",
-        inputs=("model", "sft_easy", "sft_hard", "rm_easy", "rm_hard", "hard_preferences"),
+        inputs=(
+            "model",
+            "sft_easy",
+            "sft_hard",
+            "rm_easy",
+            "rm_hard",
+            "hard_preferences",
+            "bon_model",
+        ),
     ),
     "critic": Stage(
         "superalign.overseers.critic",

@@ -10,12 +10,15 @@ grader) on the same held-out hard problems::
 
     gap recovered = (acc(sft_easy) - acc(base)) / (acc(sft_hard) - acc(base))
 
+and the same ratio on the (negated) loss of those problems' gold solutions, which moves where
+greedy accuracy is still flat.
+
 **Reward models.** ``rm_easy`` learned from gold-labelled preference pairs on easy levels,
 ``rm_hard`` on hard levels. Each is scored on held-out *hard* pairs (the test split of
 ``hard_preferences``, pairs whose gold grades differ): pairwise gold accuracy, with chance (0.5)
 as the unsupervised baseline. Then both are used as the reward for best-of-n on hard problems,
-with the base policy's samples shared by every reward (and by the gold oracle, whose best-of-n
-is pass@n)::
+with one policy's samples shared by every reward (and by the gold oracle, whose best-of-n
+is pass@n; ``bon_model`` if set, else the base policy)::
 
     gap recovered at n = (gold@n(rm_easy) - gold@1) / (gold@n(rm_hard) - gold@1)
 
@@ -69,6 +72,9 @@ class EasyToHardConfig:
     """A ``reward_model`` run trained on pairs of hard levels."""
     hard_preferences: str = ""
     """A ``preferences`` run on hard levels: its test pairs score the reward models on hard."""
+    bon_model: str = ""
+    """The policy whose samples best-of-n chooses among (default: ``model``); usually the one
+    whose samples the reward models' preference pairs came from."""
     task: str = "arithmetic"
     """Task family (must have difficulty levels)."""
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -266,7 +272,7 @@ def best_of_n_table(cfg: EasyToHardConfig, task: Any, run: Run) -> dict[str, Any
     """Gold of best-of-n on hard problems by each reward (and by gold itself: pass@n)."""
     examples = hard_examples(cfg, task, cfg.n_prompts)
     N = max(cfg.ns)
-    model, tokenizer, _ = load_model(cfg.model)
+    model, tokenizer, _ = load_model(cfg.bon_model or cfg.model)
     tokenizer.padding_side = "left"
     rows = [ex for ex in examples for _ in range(N)]
     prompts = [ex.prompt for ex in rows]
