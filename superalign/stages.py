@@ -92,6 +92,7 @@ STAGES: dict[str, Stage] = {
         "superalign.generalize.weak_to_strong",
         "WeakToStrongConfig",
         "weak-to-strong generalization: weak labels, strong student, gold ceiling, PGR",
+        inputs=("models",),
     ),
     "easy_to_hard": Stage(
         "superalign.generalize.easy_to_hard",

@@ -65,7 +65,7 @@ from superalign.generalize.classifiers import (
     build_classifier,
 )
 from superalign.generalize.pgr import mean_ci, pgr_ci
-from superalign.runs import Run, atomic_write_json, atomic_write_text, fingerprint, read_json
+from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import apply
 
@@ -96,9 +96,6 @@ class WeakToStrongConfig:
     a kind (bow, tiny, small, base, minilm, smollm2; bow only first) or the path of a pretrained
     causal LM (a ``pretrain`` run folder), used as a frozen verifier with a linear head on its
     log-probs of the solution. Empty: ``[bow, minilm]`` for bigbench; verifiable needs LMs."""
-    model_fingerprints: dict[str, str] = field(default_factory=dict)
-    """Derived, not set by hand: the content fingerprint of every path in ``models``, filled in
-    when the config is built so that the run folder's key changes when an LM is retrained."""
     n_train_weak: int = 2000
     """Size of train half A (the weak models' gold training data). Capped by the data."""
     n_train_strong: int = 2000
@@ -170,9 +167,6 @@ class WeakToStrongConfig:
         if lms and self.setting != "verifiable":
             raise ConfigError(f"LM verifiers {lms} score arithmetic solutions: setting=verifiable")
         # a path that does not exist yet (a pipeline being checked) fails when the stage runs
-        self.model_fingerprints = {
-            m: fingerprint(Path(m).expanduser()) for m in lms if Path(m).expanduser().exists()
-        }
         kinds = [m for m in self.models if m in KINDS]
         if len(self.models) < 2 or len(set(kinds)) != len(kinds):
             raise ConfigError(
@@ -370,7 +364,7 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def run(cfg: WeakToStrongConfig, run: Run) -> dict[str, Any]:
     """Train every weak model, student and ceiling; write the tables and the plot."""
-    missing = [m for m in cfg.models if m not in KINDS and m not in cfg.model_fingerprints]
+    missing = [m for m in cfg.models if m not in KINDS and not Path(m).expanduser().exists()]
     if missing:
         raise FileNotFoundError(f"models {missing} do not exist: give pretrained LM folders")
     if len(set(cfg.models)) != len(cfg.models):  # paths are compared here, once they exist

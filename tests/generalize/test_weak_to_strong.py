@@ -17,7 +17,7 @@ from superalign.generalize.weak_to_strong import (
     plan,
 )
 from superalign.runs import read_metrics, run_dir_for
-from superalign.stages import execute
+from superalign.stages import execute, stage_inputs
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import parse_answer, step_labels
 
@@ -79,7 +79,13 @@ def test_config_checks_and_cache_keys(tmp_path):
         "arithmetic-d1 seed=3 w2s bow->lm-tiny xent",
         "arithmetic-d1 seed=3 w2s bow->lm-tiny conf",
     ]
-    key = run_dir_for("weak_to_strong", to_dict(cfg), root=tmp_path)
+
+    def key_of(c):  # as `execute` keys it: the config plus its upstream paths' fingerprints
+        return run_dir_for(
+            "weak_to_strong", to_dict(c), stage_inputs("weak_to_strong", c), tmp_path
+        )
+
+    key = key_of(cfg)
     others = [
         WeakToStrongConfig(models=["bow", str(lm)], seeds=[0, 1]),
         WeakToStrongConfig(models=["bow", str(lm)], datasets=["arithmetic-d2"]),
@@ -87,7 +93,7 @@ def test_config_checks_and_cache_keys(tmp_path):
     ]
     (lm / "summary.json").write_text('{"size": "tiny", "retrained": true}')
     others.append(WeakToStrongConfig(models=["bow", str(lm)]))  # same path, new content
-    keys = {run_dir_for("weak_to_strong", to_dict(c), root=tmp_path) for c in others}
+    keys = {key_of(c) for c in others}
     assert key not in keys and len(keys) == len(others)
 
 
