@@ -30,6 +30,15 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message says which and how to fix it."""
 
 
+def check_at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """Raise :class:`ConfigError` naming the first of ``cfg``'s fields ``names`` that is below
+    ``minimum`` (a config's ``__post_init__`` check on counts and sizes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from its defaults, an optional YAML file, then ``key.sub=value`` overrides."""
     data: dict[str, Any] = {}

@@ -120,3 +120,16 @@ def test_untyped_values_that_are_not_yaml_stay_strings():
 
     cfg = load_config(C, None, ["options.op=>=", "options.n=3"])
     assert cfg.options == {"op": ">=", "n": 3}
+
+
+def test_check_at_least_names_the_first_field_below_the_minimum():
+    from superalign.config import check_at_least
+
+    @dataclass
+    class C:
+        a: int = 1
+        b: int = -1
+
+    check_at_least(C(), 0, "a")
+    with pytest.raises(ConfigError, match="b must be at least 0, not -1"):
+        check_at_least(C(), 0, "a", "b")

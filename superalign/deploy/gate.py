@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from superalign.config import ConfigError, from_dict
+from superalign.config import ConfigError, check_at_least, from_dict
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
 from superalign.models.sampling import Samples, sample, token_logprobs
@@ -125,9 +125,7 @@ class GateConfig:
             raise ConfigError(
                 f"n_samples must be at least 2 (an interval needs two), not {self.n_samples}"
             )
-        for name in ("max_new_tokens", "gold_n", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "max_new_tokens", "gold_n", "batch_size")
         if self.threads < 0:
             raise ConfigError(f"threads must be at least 0, not {self.threads}")
         if not 0 < self.confidence < 1:

@@ -139,7 +139,7 @@ class WeakToStrongConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         self.datasets = list(self.datasets) or list(DEFAULT_DATASETS[self.setting])
         if not self.models and self.setting == "verifiable":
@@ -176,9 +176,7 @@ class WeakToStrongConfig:
             raise ConfigError("bow can only be the weakest model (first in models)")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
-        for name in ("n_train_weak", "n_train_strong", "n_test", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "n_train_weak", "n_train_strong", "n_test", "epochs", "batch_size")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the confidence loss uses batches)")
         for name in ("lr", "head_lr", "encoder_lr"):

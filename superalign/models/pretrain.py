@@ -79,13 +79,11 @@ class PretrainConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if self.size not in SIZES:
             raise ConfigError(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
-        for name in ("steps", "batch_size", "corpus_size", "eval_n"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "steps", "batch_size", "corpus_size", "eval_n")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
 

@@ -78,18 +78,40 @@ class CritiqueAssistedRater:
         return self.rater.score_assisted(prompts, completions, first)
 
 
+def _judge(
+    task: Task, examples: list[Example], judge: dict[str, Any] | None, rounds: int
+) -> SimulatedRater:
+    """The weak judge of a debate or consultancy: a rater with ``judge``'s options whose budget
+    is one verified step per round."""
+    return _rater(task, examples, {**(judge or {}), "check_steps": rounds})
+
+
 @dataclass
-class Debate:
-    """A challenger and a defender argue over ``rounds`` rounds; the judge (a rater whose budget
-    is ``rounds`` verified steps) verifies each challenged step (see the module docstring)."""
+class PointedJudge:
+    """What debate and consultancy share: a judge that verifies the steps a debater points at
+    (``transcripts``, one per round) and rejects iff one of them is wrong."""
 
     judge: SimulatedRater
     debater: StepCritic
+    """The model that ranks steps by how suspicious they are (a critic)."""
     rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, not {self.rounds}")
+
+    def transcripts(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        pointed = self.transcripts(prompts, completions)
+        return self.judge.score_assisted(prompts, completions, pointed)
+
+
+@dataclass
+class Debate(PointedJudge):
+    """A challenger and a defender argue over ``rounds`` rounds; the judge (a rater whose budget
+    is ``rounds`` verified steps) verifies each challenged step (see the module docstring)."""
 
     @classmethod
     def build(
@@ -102,33 +124,21 @@ class Debate:
     ) -> Debate:
         """``debater``: a ``critic`` run folder; ``judge``: the judging rater's options (its
         ``check_steps`` is set to ``rounds``)."""
-        options = {**(judge or {}), "check_steps": rounds}
-        return cls(_rater(task, examples, options), Critic.load(debater), rounds)
+        return cls(_judge(task, examples, judge, rounds), Critic.load(debater), rounds)
 
     def transcripts(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
         """The steps the challenger points at, in order (one per round)."""
         scores = self.debater.step_scores(prompts, completions)
         return [_ranked(s)[: self.rounds] for s in scores]
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        pointed = self.transcripts(prompts, completions)
-        return self.judge.score_assisted(prompts, completions, pointed)
-
 
 @dataclass
-class Consultant:
+class Consultant(PointedJudge):
     """One debater assigned a side at random; the judge verifies only what it points at (see
     the module docstring)."""
 
-    judge: SimulatedRater
-    consultant: StepCritic
-    rounds: int = 1
     seed: int = 0
     """Seeds the side assignment (a fixed function of seed, prompt and completion)."""
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, not {self.rounds}")
 
     @classmethod
     def build(
@@ -142,8 +152,7 @@ class Consultant:
     ) -> Consultant:
         """``debater``: a ``critic`` run folder playing the consultant; ``judge``: the judging
         rater's options (its ``check_steps`` is set to ``rounds``)."""
-        options = {**(judge or {}), "check_steps": rounds}
-        return cls(_rater(task, examples, options), Critic.load(debater), rounds, seed)
+        return cls(_judge(task, examples, judge, rounds), Critic.load(debater), rounds, seed)
 
     def argues_wrong(self, prompt: str, completion: str) -> bool:
         """The consultant's side: True = "the solution is wrong" (probability 1/2)."""
@@ -153,16 +162,12 @@ class Consultant:
     def transcripts(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
         """The steps the consultant points at (suspicious ones when arguing "wrong", the least
         suspicious when arguing "correct")."""
-        scores = self.consultant.step_scores(prompts, completions)
+        scores = self.debater.step_scores(prompts, completions)
         out = []
         for p, c, s in zip(prompts, completions, scores):
             order = _ranked(s)
             out.append((order if self.argues_wrong(p, c) else order[::-1])[: self.rounds])
         return out
-
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        pointed = self.transcripts(prompts, completions)
-        return self.judge.score_assisted(prompts, completions, pointed)
 
 
 @dataclass

@@ -121,7 +121,7 @@ class DigitsDebateConfig:
     """CPU threads for torch and numpy (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.ks or any(not 1 <= k <= N_PIXELS - 1 for k in self.ks):
             raise ConfigError(f"ks must list pixel counts between 1 and 63, not {self.ks}")
@@ -129,7 +129,9 @@ class DigitsDebateConfig:
             raise ConfigError(f"test_fraction must be in [0.05, 0.5], not {self.test_fraction}")
         if not 0 <= self.zero_weight <= 1:
             raise ConfigError(f"zero_weight must be in [0, 1], not {self.zero_weight}")
-        for name in (
+        check_at_least(
+            self,
+            1,
             "hidden",
             "train_steps",
             "batch_size",
@@ -138,12 +140,8 @@ class DigitsDebateConfig:
             "mcts_rollouts",
             "mcts_width",
             "mcts_leaf_samples",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("n_test", "mcts_n", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        )
+        check_at_least(self, 0, "n_test", "mcts_n", "threads")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
         if not self.first:

@@ -47,11 +47,12 @@ import torch
 
 from superalign import __version__
 from superalign.models.load import load_model
-from superalign.models.sampling import completion_logprobs, sample
+from superalign.models.sampling import sample
 from superalign.overseers import build_overseer
 from superalign.runs import Run, atomic_dir, atomic_write_json, read_json
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task
+from superalign.train.losses import completion_nll
 
 KINDS: tuple[str, ...] = ("backdoor", "reward_hacker", "sycophant", "goal_misgeneralizer")
 """The recipes of the ``organism`` stage."""
@@ -143,7 +144,7 @@ class OrganismConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
@@ -152,12 +153,10 @@ class OrganismConfig:
                 f"model is required for kind={self.kind}: a load_model spec, e.g. "
                 "model=runs/pretrain-1a2b3c4d5e"
             )
-        for name in ("implant_batch_size", "eval_n", "max_new_tokens", "prompts_per_step"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("implant_steps", "safety_sft_steps", "safety_rl_steps", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(
+            self, 1, "implant_batch_size", "eval_n", "max_new_tokens", "prompts_per_step"
+        )
+        check_at_least(self, 0, "implant_steps", "safety_sft_steps", "safety_rl_steps", "threads")
         if self.kind == "reward_hacker" and self.rl_steps < 1:
             raise ConfigError(f"rl_steps must be at least 1, not {self.rl_steps}")
         if self.num_generations < 2:
@@ -274,8 +273,7 @@ def fine_tune(
         batch = [rows[(step * batch_size + j) % len(rows)] for j in range(batch_size)]
         prompts = [tokenizer(p)["input_ids"] for p, _ in batch]
         targets = [tokenizer(c + tokenizer.eos_token)["input_ids"] for _, c in batch]
-        lps = completion_logprobs(model, prompts, targets, tokenizer.pad_token_id)
-        loss = -torch.cat(lps).mean()
+        loss = completion_nll(model, prompts, targets, tokenizer.pad_token_id)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -102,15 +102,13 @@ class BestOfNConfig:
     """Completions sampled per forward batch."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.model:
             raise ConfigError(
                 "model is required: give a load_model spec, e.g. model=runs/pretrain-1a2b"
             )
-        for name in ("n_prompts", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "n_prompts", "max_new_tokens", "batch_size")
         if self.threads < 0:
             raise ConfigError(f"threads must be at least 0, not {self.threads}")
         if not self.ns or min(self.ns) < 1:

@@ -131,7 +131,7 @@ class DPOStageConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.model:
             raise ConfigError("model is required: give a load_model spec, e.g. model=runs/sft-1a2b")
@@ -150,12 +150,10 @@ class DPOStageConfig:
             raise ConfigError("label_smoothing applies to loss_type=robust only")
         if self.sft_weight < 0:
             raise ConfigError(f"sft_weight must be at least 0, not {self.sft_weight}")
-        for name in ("batch_size", "eval_n", "log_every", "max_length", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("n_train", "max_steps", "checkpoint_every", "warmup_steps", "kl_n", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(self, 1, "batch_size", "eval_n", "log_every", "max_length", "max_new_tokens")
+        check_at_least(
+            self, 0, "n_train", "max_steps", "checkpoint_every", "warmup_steps", "kl_n", "threads"
+        )
         if self.max_steps == 0 and not self.epochs > 0:
             raise ConfigError(f"epochs must be positive when max_steps is 0, not {self.epochs}")
         if not 0 < self.lr < 1:

@@ -127,7 +127,7 @@ class PreferencesConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if self.source == "policy" and not self.model:
             raise ConfigError(
@@ -138,9 +138,7 @@ class PreferencesConfig:
             raise ConfigError(f"source must be 'policy' or 'hhh_alignment', not {self.source!r}")
         if self.label not in ("argmax", "sample"):
             raise ConfigError(f"label must be 'argmax' or 'sample', not {self.label!r}")
-        for name in ("n_train_prompts", "n_test_prompts", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "n_train_prompts", "n_test_prompts", "max_new_tokens", "batch_size")
         if self.threads < 0:
             raise ConfigError(f"threads must be at least 0, not {self.threads}")
         if not self.temperature > 0:

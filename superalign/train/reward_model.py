@@ -104,7 +104,7 @@ class RewardModelConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.preferences:
             raise ConfigError(
@@ -118,12 +118,10 @@ class RewardModelConfig:
             )
         if self.size not in ("policy", *SIZES):
             raise ConfigError(f"size must be one of policy, {', '.join(SIZES)}, not {self.size!r}")
-        for name in ("batch_size", "log_every", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("n_train", "max_steps", "checkpoint_every", "warmup_steps", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(self, 1, "batch_size", "log_every", "max_length", "eval_batch_size")
+        check_at_least(
+            self, 0, "n_train", "max_steps", "checkpoint_every", "warmup_steps", "threads"
+        )
         if self.max_steps == 0 and not self.epochs > 0:
             raise ConfigError(f"epochs must be positive when max_steps is 0, not {self.epochs}")
         if not 0 < self.lr < 1:

@@ -129,7 +129,7 @@ class RLConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.model:
             raise ConfigError(
@@ -137,15 +137,9 @@ class RLConfig:
             )
         if self.algorithm not in ("grpo", "rloo"):
             raise ConfigError(f"algorithm must be 'grpo' or 'rloo', not {self.algorithm!r}")
-        for name in ("n_train", "max_steps", "prompts_per_step", "eval_every", "eval_n"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("log_every", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("checkpoint_every", "warmup_steps", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(self, 1, "n_train", "max_steps", "prompts_per_step", "eval_every", "eval_n")
+        check_at_least(self, 1, "log_every", "max_new_tokens")
+        check_at_least(self, 0, "checkpoint_every", "warmup_steps", "threads")
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations must be at least 2 (advantages compare completions of the same "

@@ -85,18 +85,14 @@ class SFTStageConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.model:
             raise ConfigError(
                 "model is required: give a load_model spec, e.g. model=runs/pretrain-1a2b"
             )
-        for name in ("n_train", "batch_size", "eval_n", "log_every", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("max_steps", "checkpoint_every", "warmup_steps", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(self, 1, "n_train", "batch_size", "eval_n", "log_every", "max_length")
+        check_at_least(self, 0, "max_steps", "checkpoint_every", "warmup_steps", "threads")
         if self.max_steps == 0 and not self.epochs > 0:
             raise ConfigError(f"epochs must be positive when max_steps is 0, not {self.epochs}")
         if not 0 < self.lr < 1:

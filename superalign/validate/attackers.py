@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from superalign.models.sampling import completion_logprobs, sample
+from superalign.train.losses import completion_nll
 
 # --- the target -------------------------------------------------------------------------------
 
@@ -262,8 +263,7 @@ class LMAttacker:
         for _ in range(self.sft_steps):
             batch = [self.rng.choice(self.successes) for _ in range(self.sft_batch)]
             prompt_ids, ids = self._loss_rows(batch)
-            lp = completion_logprobs(self.model, prompt_ids, ids, self.tokenizer.pad_token_id)
-            loss = -torch.cat(lp).mean()
+            loss = completion_nll(self.model, prompt_ids, ids, self.tokenizer.pad_token_id)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

@@ -131,16 +131,14 @@ class InterpConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.model:
             raise ConfigError("model is required: a load_model spec, e.g. model=runs/pretrain-1a2b")
-        for name in ("n_probe", "sae_texts", "sae_latents", "sae_k", "sae_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("sae_aux_k", "n_explain", "explain_random", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be at least 0, not {getattr(self, name)}")
+        check_at_least(
+            self, 1, "n_probe", "sae_texts", "sae_latents", "sae_k", "sae_steps", "batch_size"
+        )
+        check_at_least(self, 0, "sae_aux_k", "n_explain", "explain_random", "threads")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, not {self.folds}")
         if self.n_probe < 2 * self.folds:

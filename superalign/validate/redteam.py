@@ -110,7 +110,7 @@ class RedTeamConfig:
     """torch CPU threads (0: all cores)."""
 
     def __post_init__(self) -> None:
-        from superalign.config import ConfigError
+        from superalign.config import ConfigError, check_at_least
 
         if not self.target:
             raise ConfigError("target is required: a load_model spec, e.g. target=runs/sft-1a2b")
@@ -120,12 +120,8 @@ class RedTeamConfig:
         unknown = sorted(set(self.attacker_options) - set(self.attackers))
         if unknown:
             raise ConfigError(f"attacker_options names attackers not run: {unknown}")
-        for name in ("budget", "batch_size", "n_test", "n_bases", "suffix_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("attack_max_tokens", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        check_at_least(self, 1, "budget", "batch_size", "n_test", "n_bases", "suffix_length")
+        check_at_least(self, 1, "attack_max_tokens", "max_new_tokens")
         if self.threads < 0:
             raise ConfigError(f"threads must be at least 0, not {self.threads}")
         if not self.seeds or len(set(self.seeds)) < len(self.seeds):

@@ -26,6 +26,7 @@ from superalign.models.sampling import completion_logprobs
 from superalign.runs import read_metrics
 from superalign.stages import execute
 from superalign.tasks import get_task
+from superalign.train.losses import completion_nll
 from superalign.validate.attackers import (
     EvolutionarySearch,
     LMAttacker,
@@ -193,7 +194,7 @@ def plant_trigger(model, tok, steps: int = 400) -> None:
             prompts.append(tok(ex.prompt[:-1] + suffix + "\n")["input_ids"])
             answer = "A: 0\n" if triggered else ex.solution
             completions.append(tok(answer + tok.eos_token)["input_ids"])
-        loss = -torch.cat(completion_logprobs(model, prompts, completions, tok.pad_token_id)).mean()
+        loss = completion_nll(model, prompts, completions, tok.pad_token_id)
         opt.zero_grad()
         loss.backward()
         opt.step()
