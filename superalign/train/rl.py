@@ -17,7 +17,7 @@ KL (the leash): ``beta`` is set explicitly (TRL's GRPO default is 0, no referenc
 
 TRL builds its reference from ``model.config._name_or_path``, which can be neither our reference
 nor loadable (a GGUF preset), so the trainer is made with ``beta=0`` (no reference loaded) and
-then given ours: :func:`_attach_reference` sets ``trainer.beta`` / ``args.beta`` and
+then given ours: :func:`attach_reference` sets ``trainer.beta`` / ``args.beta`` and
 ``trainer.ref_model`` exactly as TRL's ``__init__`` would have (fused LM head, accelerator
 preparation).
 
@@ -282,7 +282,7 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
     resume_step = run.resume_step()
     done = {r["step"] for r in run.metrics() if "reward/gold" in r}  # a resumed run keeps its own
     trainer = _trainer(cfg, run, model, tokenizer, [ex.prompt for ex in train], overseer)
-    _attach_reference(trainer, reference, cfg.beta)
+    attach_reference(trainer, reference, cfg.beta)
     check_sampling(trainer, tokenizer)
     trainer.add_callback(GoldAccounting(account, cfg.eval_every, done))
     trainer.train(resume_from_checkpoint=resume_step is not None)
@@ -355,7 +355,7 @@ def _trainer(
     cfg: RLConfig, run: Run, model: Any, tokenizer: Any, prompts: list[str], overseer: Any
 ) -> Any:
     """A TRL ``GRPOTrainer`` / ``RLOOTrainer`` with CPU-safe settings, logging into ``run`` and
-    checkpointing in it. Built with ``beta=0``; :func:`_attach_reference` sets the KL."""
+    checkpointing in it. Built with ``beta=0``; :func:`attach_reference` sets the KL."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -381,7 +381,7 @@ def _trainer(
         temperature=1.0,  # the sampling distribution is the policy itself: what KL assumes
         top_p=1.0,
         top_k=0,
-        beta=0.0,  # set by _attach_reference, with our reference model
+        beta=0.0,  # set by attach_reference, with our reference model
         epsilon=cfg.epsilon,
         learning_rate=cfg.lr,
         lr_scheduler_type="constant_with_warmup",
@@ -398,7 +398,7 @@ def _trainer(
     )
 
 
-def _attach_reference(trainer: Any, reference: Any, beta: float) -> None:
+def attach_reference(trainer: Any, reference: Any, beta: float) -> None:
     """Give ``trainer`` our frozen ``reference`` and KL coefficient, as TRL's ``__init__`` does
     for the reference it would load itself (its ``_name_or_path``) when ``beta != 0``."""
     from trl.models import prepare_deepspeed, prepare_fsdp

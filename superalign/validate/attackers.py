@@ -13,25 +13,24 @@ Attackers (:data:`ATTACKERS`):
 - ``random``: uniform random adversarial suffixes on task prompts (the baseline);
 - ``search``: evolutionary search over the same space: mutate one suffix character of one of the
   ``elite`` fittest test cases found so far (or swap its base prompt);
+- ``gcg``: greedy coordinate gradient (Zou et al. 2023) over the same space: the objective's
+  gradient w.r.t. the one-hot suffix tokens of the best test case picks candidate substitutions;
 - ``zero_shot``: sample test cases from an attacker LM given a prefix (``Q: `` on the tiny path);
 - ``few_shot``: the same, with past successes (up to ``shots``) written before the prefix;
 - ``supervised``: zero-shot sampling, then after each round a few gradient steps of maximum
   likelihood on all successes so far;
-- ``rl``: policy gradient on the attacker LM with group-normalised advantages (GRPO), reward =
-  behaviour score + ``diversity_bonus`` x (1 - BLEU against earlier successes), and a per-token
-  k3 KL penalty ``beta`` to the initial attacker.
-
-The RL attacker is a compact own loop over :func:`~superalign.models.sampling.completion_logprobs`
-rather than TRL's ``GRPOTrainer``: here the red-teaming loop owns generation and reward (one
-optimizer step per ``propose``/``update`` round), which a TRL trainer does not hand out. Samples
-come from :func:`~superalign.models.sampling.sample` at temperature 1, so the loss's log-probs
-are those of the sampling policy (left padding with position ids, as in sampling).
+- ``rl``: TRL's ``GRPOTrainer`` on the attacker LM (:class:`GRPOAttacker`), reward = behaviour
+  score + ``diversity_bonus`` x (1 - BLEU against earlier successes), GRPO's per-token k3 KL
+  penalty ``beta`` to the initial attacker. TRL owns generation, so this attacker gets the whole
+  budget through ``train_against(query, budget, batch_size)``: its reward function sends every
+  sampled test case to the target (a counted query) and the loop records it like any other.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -173,6 +172,148 @@ class EvolutionarySearch:
         del self.pool[self.elite * 8 :]
 
 
+@dataclass
+class GreedyCoordinateGradient:
+    """Greedy coordinate gradient (GCG; Zou et al. 2023, "Universal and Transferable Adversarial
+    Attacks on Aligned Language Models", Algorithm 1) over the suffix tokens.
+
+    The suffix is ``space.length`` tokens, each one whose text is made of ``space.alphabet``
+    characters (one character per token on the tiny byte-level tokenizer, so the space equals
+    that of ``random`` and ``search``). Each round: the gradient of the behaviour's white-box
+    objective (``objective_sign`` x log p(``objective_texts`` | prompt)) with respect to the
+    one-hot suffix tokens of the best test case so far gives, per position, the ``top_k``
+    allowed tokens whose substitution raises the objective most to first order; each child
+    substitutes one such token at a uniformly drawn position (or, with probability
+    ``base_swap``, changes the base prompt). The round's fittest child replaces the best if it
+    is fitter. The first round is random.
+
+    The gradient is white-box access to a prompt already sent (like the objective), so it costs
+    no query; children that tokenize differently from their tokens, or were tried before, are
+    redrawn."""
+
+    uses_fitness: ClassVar[bool] = True
+    space: PromptSpace
+    model: Any
+    tokenizer: Any
+    behaviour: Any
+    seed: int = 0
+    top_k: int = 4
+    """Candidate tokens per suffix position: those with the largest objective gradient."""
+    base_swap: float = 0.1
+    """Probability that a child changes the base prompt instead of a suffix token."""
+
+    def __post_init__(self) -> None:
+        if getattr(self.behaviour, "objective_texts", None) is None:
+            raise ValueError("attacker 'gcg' needs a behaviour with a white-box objective")
+        self.rng = random.Random(f"gcg:{self.seed}")
+        self.allowed = allowed_tokens(self.tokenizer, self.space.alphabet)
+        self.best: tuple[float, int, tuple[int, ...]] | None = None
+        self.seen: set[tuple[int, tuple[int, ...]]] = set()
+        self._pending: dict[str, tuple[int, tuple[int, ...]]] = {}
+
+    def render(self, base: int, suffix: tuple[int, ...]) -> str:
+        return self.space.render(base, self.tokenizer.decode(list(suffix)))
+
+    def propose(self, n: int) -> list[str]:
+        top = self._top_tokens() if self.best is not None else None
+        out = []
+        for _ in range(n):
+            cand = self._child(top)
+            for _ in range(20):  # avoid repeats and tokenizations that do not round-trip
+                if cand not in self.seen and self._round_trips(cand):
+                    break
+                cand = self._child(top)
+            self.seen.add(cand)
+            prompt = self.render(*cand)
+            self._pending[prompt] = cand
+            out.append(prompt)
+        return out
+
+    def update(self, prompts: list[str], scores: list[float], fitness: list[float]) -> None:
+        for p, f in zip(prompts, fitness):
+            cand = self._pending.pop(p, None)
+            if cand is not None and (self.best is None or f > self.best[0]):
+                self.best = (f, *cand)
+
+    def _child(self, top: list[list[int]] | None) -> tuple[int, tuple[int, ...]]:
+        if self.best is None or top is None:
+            suffix = tuple(self.rng.choice(self.allowed) for _ in range(self.space.length))
+            return self.rng.randrange(len(self.space.bases)), suffix
+        _, base, suffix = self.best
+        if self.rng.random() < self.base_swap:
+            return self.rng.randrange(len(self.space.bases)), suffix
+        i = self.rng.randrange(len(suffix))
+        return base, suffix[:i] + (self.rng.choice(top[i]),) + suffix[i + 1 :]
+
+    def _pieces(self, base: int) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt before and after the suffix."""
+        b = self.space.render(base, "")
+        head = b[: len(b) - len(self.space.end)] if self.space.end else b
+        tail = self.tokenizer(self.space.end, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(head)["input_ids"], tail
+
+    def _round_trips(self, cand: tuple[int, tuple[int, ...]]) -> bool:
+        head, tail = self._pieces(cand[0])
+        return self.tokenizer(self.render(*cand))["input_ids"] == head + list(cand[1]) + tail
+
+    def _top_tokens(self) -> list[list[int]]:
+        """Per suffix position, the ``top_k`` allowed tokens of largest objective gradient."""
+        assert self.best is not None
+        _, base, suffix = self.best
+        head, tail = self._pieces(base)
+        text = self.behaviour.objective_texts([self.render(base, suffix)])[0]
+        cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        grad = suffix_token_gradient(
+            self.model, head, list(suffix), tail, cont, self.behaviour.objective_sign
+        )  # [suffix_len, vocab]
+        allowed = torch.tensor(self.allowed)
+        k = min(self.top_k, len(self.allowed))
+        best = grad[:, allowed].topk(k, dim=-1).indices  # [suffix_len, k]
+        return [[self.allowed[j] for j in row] for row in best.tolist()]
+
+
+def allowed_tokens(tokenizer: Any, alphabet: str) -> list[int]:
+    """Ids of the tokens whose text is non-empty and made only of ``alphabet`` characters."""
+    chars = set(alphabet)
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i in range(len(tokenizer)):
+        text = tokenizer.decode([i])
+        if i not in special and text and set(text) <= chars:
+            out.append(i)
+    if not out:
+        raise ValueError(f"no token of the tokenizer is made of {alphabet!r} characters")
+    return out
+
+
+def suffix_token_gradient(
+    model: Any,
+    head: list[int],
+    suffix: list[int],
+    tail: list[int],
+    continuation: list[int],
+    sign: float = 1.0,
+) -> torch.Tensor:
+    """d(sign x log p(continuation | head + suffix + tail)) / d(one-hot suffix tokens), shape
+    [len(suffix), vocab]: GCG's linearised effect of substituting each token at each position."""
+    emb = model.get_input_embeddings()
+    weight = emb.weight  # [vocab, d]
+    one_hot = torch.zeros(len(suffix), weight.shape[0], dtype=weight.dtype, device=weight.device)
+    one_hot[torch.arange(len(suffix)), torch.tensor(suffix)] = 1.0
+    one_hot.requires_grad_(True)
+
+    def embed(ids: list[int]) -> torch.Tensor:
+        return emb(torch.tensor(ids, dtype=torch.long, device=weight.device))
+
+    embeds = torch.cat([embed(head), one_hot @ weight, embed(tail), embed(continuation)])
+    logits = model(inputs_embeds=embeds[None]).logits[0]  # [seq, vocab]
+    start = len(head) + len(suffix) + len(tail)
+    logp = torch.log_softmax(logits[start - 1 : start - 1 + len(continuation)].float(), dim=-1)
+    objective = sign * logp.gather(-1, torch.tensor(continuation)[:, None]).sum()
+    (grad,) = torch.autograd.grad(objective, one_hot)
+    return grad
+
+
 # --- attacker language models -----------------------------------------------------------------
 
 
@@ -181,7 +322,8 @@ class LMAttacker:
     """Test cases sampled from an attacker LM: ``case_prefix + generated + case_end``, the LM
     reading ``instruction`` (+ few-shot examples) + ``case_prefix`` and stopping at ``case_end``.
 
-    ``mode`` picks the attacker: ``zero_shot``, ``few_shot``, ``supervised`` or ``rl``."""
+    ``mode`` picks the attacker: ``zero_shot``, ``few_shot`` or ``supervised`` (``rl`` is
+    :class:`GRPOAttacker`)."""
 
     model: Any
     tokenizer: Any
@@ -197,23 +339,17 @@ class LMAttacker:
     shots: int = 4
     """few_shot: past successes (most recent, distinct) written before the prefix."""
     lr: float = 1e-3
-    """supervised and rl: learning rate (Adam)."""
+    """supervised: learning rate (Adam)."""
     sft_steps: int = 4
     """supervised: gradient steps after each round that found successes."""
     sft_batch: int = 16
     """supervised: successes per gradient step (drawn with replacement)."""
-    beta: float = 0.05
-    """rl: weight of the per-token k3 KL penalty to the initial attacker."""
-    diversity_bonus: float = 0.5
-    """rl: weight of 1 - BLEU(test case, earlier successes) in the reward of a success."""
     successes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"{self.mode}:{self.seed}")
         self._round = 0
-        self._last: dict[str, Any] = {}
-        if self.mode in ("supervised", "rl"):
-            self.reference = copy.deepcopy(self.model).eval() if self.mode == "rl" else None
+        if self.mode == "supervised":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
     def context(self) -> str:
@@ -235,14 +371,10 @@ class LMAttacker:
             stop=[self.case_end] if self.case_end else None,
             seed=self.rng.randrange(2**31),
         )
-        cases = [self.case_prefix + t + self.case_end for t in out.texts]
-        self._last = {"cases": cases, "prompt_ids": out.prompt_ids, "ids": out.completion_ids}
-        return cases
+        return [self.case_prefix + t + self.case_end for t in out.texts]
 
     def update(self, prompts: list[str], scores: list[float], fitness: list[float]) -> None:
         new = [p for p, s in zip(prompts, scores) if s >= 0.5]
-        if self.mode == "rl" and self._last.get("cases") == prompts:
-            self._rl_step(scores)
         self.successes += new
         if self.mode == "supervised" and new:
             self._sft_steps()
@@ -269,35 +401,163 @@ class LMAttacker:
             self.optimizer.step()
         self.model.eval()
 
-    def _rl_step(self, scores: list[float]) -> None:
-        """One GRPO step on the last round: advantage = (r - mean r) / (std r + 1e-4) over the
-        round's samples (one group: they share the context), loss = -A * sum log p + beta * k3."""
-        cases, prompt_ids, ids = self._last["cases"], self._last["prompt_ids"], self._last["ids"]
-        rewards = [
-            s + (self.diversity_bonus * (1 - bleu(c, self.successes)) if s >= 0.5 else 0.0)
+
+Query = Callable[[list[str]], list[float]]
+"""Sends test cases to the target (each one a query) and returns the behaviour's scores."""
+
+
+@dataclass
+class GRPOAttacker:
+    """The RL attacker of Perez et al. (2022) with TRL's ``GRPOTrainer``: the attacker LM is
+    trained on its own test cases, reward = behaviour score + ``diversity_bonus`` x (1 - BLEU
+    against the successes of earlier steps) for a success (0 otherwise), with GRPO's per-token
+    k3 KL penalty ``beta`` to the initial attacker (a frozen copy).
+
+    It does not fit ``propose``/``update`` (TRL owns generation), so the attack loop hands it the
+    whole budget: :meth:`train_against` runs one ``trainer.train()`` of ``ceil(budget /
+    batch_size)`` steps, each sampling one group of ``batch_size`` test cases from the shared
+    context, whose reward function sends them to the target through ``query`` (so every scored
+    test case is a counted query, recorded like any attacker's). Test cases past the budget in a
+    last partial step are not sent and get reward 0. ``propose`` then samples fresh test cases
+    from the trained attacker, as the zero-shot attacker does. TRL stops a test case at
+    ``case_end`` when it is one token (it is added to the attacker's EOS ids)."""
+
+    model: Any
+    tokenizer: Any
+    seed: int = 0
+    instruction: str = ""
+    """Text before the test cases; empty on the tiny path."""
+    case_prefix: str = "Q: "
+    case_end: str = "\n"
+    max_new_tokens: int = 16
+    lr: float = 1e-3
+    """Learning rate (AdamW, constant after TRL's default warmup of 0)."""
+    beta: float = 0.05
+    """Weight of GRPO's per-token k3 KL penalty to the initial attacker."""
+    diversity_bonus: float = 0.5
+    """Weight of 1 - BLEU(test case, earlier successes) in the reward of a success."""
+    successes: list[str] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per training step: ``queries`` so far, mean ``reward``, ``success_rate``, TRL's ``kl``."""
+
+    def __post_init__(self) -> None:
+        self.sampler = LMAttacker(
+            self.model,
+            self.tokenizer,
+            mode="zero_shot",
+            seed=self.seed,
+            instruction=self.instruction,
+            case_prefix=self.case_prefix,
+            case_end=self.case_end,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def propose(self, n: int) -> list[str]:
+        return self.sampler.propose(n)
+
+    def update(self, prompts: list[str], scores: list[float], fitness: list[float]) -> None:
+        self.successes += [p for p, s in zip(prompts, scores) if s >= 0.5]
+
+    def case(self, completion: str) -> str:
+        """The test case of a TRL completion: cut at ``case_end``, framed like the sampler's."""
+        text = completion.split(self.case_end)[0] if self.case_end else completion
+        return self.case_prefix + text + self.case_end
+
+    def reward(self, cases: list[str], scores: list[float]) -> list[float]:
+        """score + ``diversity_bonus`` x (1 - BLEU against successes before this step) for a
+        success, the score otherwise."""
+        earlier = list(self.successes)
+        return [
+            s + (self.diversity_bonus * (1 - bleu(c, earlier)) if s >= 0.5 else 0.0)
             for c, s in zip(cases, scores)
         ]
-        r = torch.tensor(rewards, dtype=torch.float32)
-        adv = (r - r.mean()) / (r.std() + 1e-4) if len(r) > 1 else r * 0
-        keep = [i for i, row in enumerate(ids) if row]
-        if not keep or float(adv.abs().sum()) == 0.0:
-            return
-        pad = self.tokenizer.pad_token_id
-        p_ids, c_ids = [prompt_ids[i] for i in keep], [ids[i] for i in keep]
-        self.model.train()
-        logp = completion_logprobs(self.model, p_ids, c_ids, pad)  # list of [len_i]
-        with torch.no_grad():
-            ref = completion_logprobs(self.reference, p_ids, c_ids, pad)
-        pg = torch.stack([-adv[i] * lp.sum() for i, lp in zip(keep, logp)]).mean()
-        k3 = torch.stack(
-            [(torch.exp(q - lp) - (q - lp) - 1).sum() for lp, q in zip(logp, ref)]
-        ).mean()
-        loss = pg + self.beta * k3
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+
+    def train_against(self, query: Query, budget: int, batch_size: int) -> None:
+        """Spend ``budget`` queries in one TRL ``GRPOTrainer.train()`` (see the class)."""
+        import tempfile
+
+        from datasets import Dataset
+        from transformers import PrinterCallback
+        from trl import GRPOConfig, GRPOTrainer
+
+        from superalign.train.rl import attach_reference, check_sampling
+
+        if batch_size < 2:
+            raise ValueError("attacker 'rl' needs batch_size >= 2: GRPO compares within a group")
+        steps = -(-budget // batch_size)
+        spent = 0
+
+        def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+            nonlocal spent
+            cases = [self.case(c) for c in completions]
+            sent = cases[: max(0, budget - spent)]
+            scores = query(sent) if sent else []
+            spent += len(sent)
+            rewards = self.reward(sent, scores) + [0.0] * (len(cases) - len(sent))
+            self.update(sent, scores, scores)
+            self.history.append(
+                {
+                    "queries": spent,
+                    "reward": sum(rewards) / len(rewards),
+                    "success_rate": sum(s >= 0.5 for s in scores) / max(1, len(scores)),
+                }
+            )
+            return rewards
+
+        reward.__name__ = "behaviour"
+        reference = copy.deepcopy(self.model).eval()
+        self._stop_at_case_end()
+        with tempfile.TemporaryDirectory() as out:
+            args = GRPOConfig(
+                output_dir=out,
+                seed=self.seed,
+                max_steps=steps,
+                per_device_train_batch_size=batch_size,
+                num_generations=batch_size,  # one group: every test case shares the context
+                max_completion_length=self.max_new_tokens,
+                temperature=1.0,  # sample from the attacker itself: what the KL assumes
+                top_p=1.0,
+                top_k=0,
+                beta=0.0,  # set by attach_reference, with the frozen initial attacker
+                learning_rate=self.lr,
+                lr_scheduler_type="constant",
+                disable_dropout=True,
+                logging_steps=1,
+                save_strategy="no",
+                report_to=[],
+                use_cpu=not torch.cuda.is_available(),
+                bf16=False,
+                fp16=False,
+                gradient_checkpointing=False,
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+            )
+            context = self.sampler.context()
+            trainer = GRPOTrainer(
+                model=self.model,
+                reward_funcs=reward,
+                args=args,
+                train_dataset=Dataset.from_list([{"prompt": context}] * steps),
+                processing_class=self.tokenizer,
+            )
+            trainer.remove_callback(PrinterCallback)  # per-step log lines: kept in history
+            attach_reference(trainer, reference, self.beta)
+            check_sampling(trainer, self.tokenizer)
+            trainer.train()
+        kls = [log["kl"] for log in trainer.state.log_history if "kl" in log]
+        for row, kl in zip(self.history, kls):
+            row["kl"] = kl
         self.model.eval()
-        self.last_kl = float(k3.detach())
+
+    def _stop_at_case_end(self) -> None:
+        """Make ``case_end`` (when it is one token) an EOS id of the attacker's generation."""
+        ids = self.tokenizer(self.case_end, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            return
+        g = self.model.generation_config
+        eos = g.eos_token_id if g.eos_token_id is not None else self.tokenizer.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos)
+        g.eos_token_id = list(dict.fromkeys([*eos, ids[0]]))
 
 
 def generated_part(case: str, prefix: str, end: str) -> str:
@@ -364,7 +624,15 @@ def self_bleu(texts: list[str], max_n: int = 4) -> float:
     return sum(bleu(t, texts[:i] + texts[i + 1 :], max_n) for i, t in enumerate(texts)) / len(texts)
 
 
-ATTACKERS: tuple[str, ...] = ("random", "search", "zero_shot", "few_shot", "supervised", "rl")
+ATTACKERS: tuple[str, ...] = (
+    "random",
+    "search",
+    "gcg",
+    "zero_shot",
+    "few_shot",
+    "supervised",
+    "rl",
+)
 """Attacker names accepted by :func:`build_attacker`."""
 
 
@@ -375,13 +643,22 @@ def build_attacker(
     space: PromptSpace,
     attacker_lm: tuple[Any, Any] | None,
     options: dict[str, Any],
+    target: Target | None = None,
+    behaviour: Any = None,
 ) -> Any:
     """An attacker by name. LM attackers that train (``supervised``, ``rl``) get their own copy
-    of the attacker LM; ``options`` are the attacker's fields (e.g. ``{beta: 0.1}``)."""
+    of the attacker LM; ``gcg`` differentiates through ``target`` for ``behaviour``'s objective;
+    ``options`` are the attacker's fields (e.g. ``{beta: 0.1}``)."""
     if name == "random":
         return RandomSearch(space, seed)
     if name == "search":
         return EvolutionarySearch(space, seed, **options)
+    if name == "gcg":
+        if target is None or behaviour is None:
+            raise ValueError("attacker 'gcg' needs the target and the behaviour")
+        return GreedyCoordinateGradient(
+            space, target.model, target.tokenizer, behaviour, seed, **options
+        )
     if name not in ATTACKERS:
         raise ValueError(f"attacker {name!r} is not one of {list(ATTACKERS)}")
     if attacker_lm is None:
@@ -390,4 +667,6 @@ def build_attacker(
     if name in ("supervised", "rl"):
         model = copy.deepcopy(model)
         torch.manual_seed(seed)
+    if name == "rl":
+        return GRPOAttacker(model, tok, seed=seed, **options)
     return LMAttacker(model, tok, mode=name, seed=seed, **options)

