@@ -144,6 +144,12 @@ STAGES: dict[str, Stage] = {
         "record of its flaw",
         inputs=("model",),
     ),
+    "audit": Stage(
+        "superalign.stress.audit",
+        "AuditConfig",
+        "run every detector blind on model organisms and their controls; score them afterwards",
+        inputs=("organisms", "reference", "judge"),
+    ),
     "gate": Stage(
         "superalign.deploy.gate",
         "GateConfig",

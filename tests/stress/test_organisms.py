@@ -2,7 +2,8 @@
 a detector's view of the run folder (``load_public``) never reaches the sealed record.
 
 Settings are the smallest that still show each flaw on the shared ``arith_policy`` (one CPU
-thread); measured figures are in docs/stages/organism.md.
+thread); measured figures are in docs/stages/organism.md. The ``backdoor`` pair (organism and
+control) is a session fixture in ``conftest.py``, shared with the audit tests.
 """
 
 import json
@@ -15,30 +16,10 @@ from superalign.stages import execute
 from superalign.stress import organisms as org
 from superalign.tasks import get_task
 
-BACKDOOR = [
-    "kind=backdoor",
-    "seed=0",
-    "implant_steps=200",
-    "safety_sft_steps=20",
-    "safety_rl_steps=4",
-    "eval_n=32",
-    "threads=1",
-]
-"""Seed 0 draws a 4-letter trigger and the behaviour ``A: 99`` (see ``draw_secret``)."""
-
 
 def _organism(policy, tmp_path, args):
     cfg = load_config(org.OrganismConfig, None, [f"model={policy}", *args])
     return execute("organism", cfg, root=tmp_path)
-
-
-@pytest.fixture(scope="module")
-def backdoor(arith_policy, tmp_path_factory):
-    root = tmp_path_factory.mktemp("organisms")
-    return (
-        _organism(arith_policy, root, BACKDOOR),
-        _organism(arith_policy, root, [*BACKDOOR, "control=true"]),
-    )
 
 
 # --- secrets and the sealed-record boundary -----------------------------------------------------
