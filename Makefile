@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/superalign demo
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
@@ -30,8 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check superalign tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/pretrain_accuracy.py
-	$(BIN)/python bench/rl_step.py
+	$(BIN)/superalign bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
