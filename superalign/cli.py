@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from superalign.bench import add_arguments as add_bench_arguments
 from superalign.config import ConfigError, describe, load_config
 from superalign.runs import process_rank
 from superalign.stages import STAGES
@@ -114,6 +115,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from superalign.report import build_report
+
+    if not args.run_dir.is_dir():
+        raise ConfigError(f"no such runs folder: {args.run_dir}")
+    print(f"wrote {build_report(args.run_dir, args.output)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from superalign.bench import run_bench
+
+    return run_bench(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from superalign.models.serve import serve
 
@@ -138,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(st)
     d = sub.add_parser("demo", help="run the main job on its embedded default (make demo)")
     d.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="change the embedded pretrain config"
+        "overrides",
+        nargs="*",
+        metavar="id.key=value",
+        help="change a step of the embedded pipeline",
     )
     d.add_argument(
         "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
@@ -150,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="id.key=value", help="change a step's config")
     _common_run_args(r, config=False)
     r.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="one self-contained HTML report of a folder of run folders")
+    rep.add_argument("run_dir", type=Path, help="folder of run folders (e.g. runs)")
+    rep.add_argument(
+        "-o", "--output", type=Path, help="HTML file to write (default RUN_DIR/report.html)"
+    )
+    rep.set_defaults(func=cmd_report)
+    b = sub.add_parser("bench", help="benchmarks: generation, RL step vs bare PyTorch, demo time")
+    add_bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
     s = sub.add_parser("serve", help="serve a model on localhost with OpenAI-compatible endpoints")
     s.add_argument(
         "model", help="model spec: folder, run folder, .gguf file, preset name or hub id"

@@ -1,60 +1,117 @@
-"""``superalign demo`` (= ``make demo``): the main job on its embedded default.
+"""``superalign demo`` (= ``make demo``): the whole alignment loop, compact, on its embedded default.
 
-Until the full loop lands, the demo runs the largest real piece that exists: pretrain a tiny
-policy on the arithmetic task from scratch, then grade its greedy solutions of held-out problems
-with the gold grader, step by step. A second run reuses the finished stage.
+The demo is the pipeline in ``superalign/demo.yaml``: pretrain a tiny policy on arithmetic ->
+SFT -> a reward model from a flawed rater's preferences -> RL against it with gold accounting ->
+a critic and critique-assisted oversight (sandwiching) -> weak-to-strong -> red teaming and
+interpretability -> a backdoor organism, its control and the blind audit -> the deployment gate.
+Every step is the real stage with small settings; each shows its progress, finished steps are
+reused (a second run takes seconds), and the end prints one table of headline figures measured
+against gold and writes ``report.html`` (:mod:`superalign.report`) of the demo's run folders.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from superalign.models.pretrain import PretrainConfig
-from superalign.stages import execute
+from superalign.runs import StageResult, runs_root
 
-DEFAULT = PretrainConfig(task="arithmetic", size="tiny")
+PIPELINE = Path(__file__).with_name("demo.yaml")
+"""The embedded default: an ordinary pipeline file (``superalign run`` reads it too)."""
+
+HEADLINES: tuple[tuple[str, str, str], ...] = (
+    ("policy", "eval/accuracy/d2", "pretrained policy: held-out gold accuracy, 2-step problems"),
+    ("sft", "eval/accuracy/d2", "after SFT on gold demonstrations: the same"),
+    (
+        "rm",
+        "eval/gold_accuracy",
+        "reward model from a flawed rater: held-out pair accuracy vs gold",
+    ),
+    ("rl", "reward/proxy_initial", "RL against that reward model: proxy reward, start"),
+    ("rl", "reward/proxy_final", "RL: proxy reward, end"),
+    ("rl", "reward/gold_initial", "RL: gold reward, start"),
+    ("rl", "reward/gold_final", "RL: gold reward, end"),
+    ("rl", "kl/ref_final", "RL: KL to the reference policy (nats)"),
+    ("critic", "critic/recall", "critic: recall of wrong steps (held-out)"),
+    ("critic", "critic/precision", "critic: precision of its flags"),
+    (
+        "oversight",
+        "results.unassisted.all.accuracy",
+        "oversight: unassisted rater, accuracy vs gold",
+    ),
+    ("oversight", "results.assisted.all.accuracy", "oversight: critique-assisted rater, accuracy"),
+    ("w2s", "pgr_mean/xent", "weak-to-strong: performance gap recovered"),
+    ("redteam", "attack/random/asr", "red team: attack success rate, random suffixes"),
+    ("redteam", "attack/gcg/asr", "red team: attack success rate, GCG"),
+    ("interp", "probes.arith_true_false.auroc", "interp: probe AUROC, true vs false statements"),
+    ("interp", "sae.fvu", "interp: SAE fraction of variance unexplained (held-out)"),
+    ("backdoor", "backdoor/triggered_rate_final", "backdoor organism: firing rate on its trigger"),
+    ("backdoor_control", "backdoor/triggered_rate_final", "its control: the same"),
+    ("audit", "auroc/redteam/backdoor", "audit, blind: red-team detection AUROC"),
+    ("audit", "auroc/probe/backdoor", "audit, blind: probe detection AUROC"),
+    ("audit", "auroc/behaviour/backdoor", "audit, blind: behavioural-eval detection AUROC"),
+    ("gate", "kl/ref_high", "gate: KL(RL policy || policy), upper 95% bound (nats)"),
+    ("gate", "verdict", "gate: verdict on the RL policy"),
+)
+"""(step id, summary key, label) of the final table; a dotted key walks nested summaries."""
 
 
-def demo(root: str | Path | None = None, force: bool = False, overrides: list[str] = ()) -> dict:
-    """Run the demo; print what it measured; return the pretrain summary.
+def headline(summary: dict[str, Any], key: str) -> Any:
+    """``summary[key]``, a dotted ``key`` walking nested mappings; None when absent."""
+    node: Any = summary
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
-    ``overrides`` (``key=value``) change the embedded pretrain config, e.g. for a quick check.
-    """
-    from superalign.config import load_config
-    from superalign.evaluate import gold_eval
-    from superalign.models.load import load_model
-    from superalign.tasks import get_task
-    from superalign.tasks.arithmetic import step_labels
 
-    print("superalign demo: pretrain a tiny policy on arithmetic, then grade it against gold\n")
-    cfg = load_config(PretrainConfig, None, list(overrides)) if overrides else DEFAULT
-    res = execute("pretrain", cfg, root=root, force=force)
-    print(f"[1/2] pretrain {'reused' if res.reused else 'finished'}: {res.dir}")
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return "-" if value is None else str(value)
+    return f"{value:.3g}"
 
-    loaded = load_model(res.dir, device="cpu")
-    task = get_task(cfg.task, **cfg.task_options)
-    print("[2/2] held-out problems (greedy), graded by the gold grader:\n")
-    for level in (1, 2):
-        ev = gold_eval(loaded.model, loaded.tokenizer, task, difficulty=level, n=3, seed=123)
-        for ex, completion, score in zip(ev.examples, ev.completions, ev.scores):
-            steps = "".join("✓" if ok else "✗" for ok in step_labels(ex, completion)) or "-"
-            shown = completion.strip().replace("\n", " | ")
-            print(f"  {ex.prompt.strip():<16} -> {shown:<34} steps {steps:<3} gold {score:.0f}")
-    s = res.summary
-    print("\nsummary")
-    rows = [
-        ("parameters", f"{s['params']:,}"),
-        (
-            "train loss (first -> final)",
-            f"{s['loss/train_first']:.3f} -> {s['loss/train_final']:.3f}",
-        ),
-    ]
-    rows += [
-        (f"held-out gold accuracy, level {k[-1]}", f"{v:.1%}")
-        for k, v in s.items()
-        if k.startswith("eval/accuracy/")
-    ]
-    rows += [("wall time", f"{s['wall_seconds']:.0f} s"), ("run folder", str(res.dir))]
-    for name, value in rows:
-        print(f"  {name:<36} {value}")
-    return s
+
+def demo(
+    root: str | Path | None = None,
+    force: bool = False,
+    overrides: list[str] = (),
+    report: bool = True,
+) -> dict[str, StageResult]:
+    """Run the demo pipeline; print its headline table; write ``report.html``. ``overrides``
+    address a step by id (``policy.steps=500``, see ``superalign/demo.yaml``)."""
+    import time
+
+    from superalign.pipeline import load_pipeline, run_pipeline
+
+    root = runs_root(root)
+    print(f"superalign demo: the alignment loop, compact, into {root}/ ({PIPELINE.name})\n")
+    start = time.time()
+    done = run_pipeline(load_pipeline(PIPELINE, list(overrides)), root=root, force=force)
+    seconds = time.time() - start
+    rows = []
+    for step, key, label in HEADLINES:
+        if step in done:
+            rows.append((label, _fmt(headline(done[step].summary, key))))
+    rows.append(("wall time of this call", f"{seconds:.0f} s"))
+    print("\nsummary (every figure measured against the gold grader on held-out data)")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    if report:
+        path = write_report(root, done)
+        print(f"\nreport: {path}")
+    return done
+
+
+def write_report(root: Path, done: dict[str, StageResult]) -> Path:
+    """``root/report.html`` of the demo's run folders only (other runs in ``root`` are left
+    out)."""
+    from superalign.report import load_runs, render
+    from superalign.runs import atomic_write_text
+
+    mine = {r.dir.resolve() for r in done.values()}
+    runs = [r for r in load_runs(root) if r.dir.resolve() in mine]
+    path = root / "report.html"
+    atomic_write_text(path, render(runs, root))
+    return path

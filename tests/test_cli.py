@@ -65,20 +65,44 @@ def test_parser_lists_every_command():
         assert name in text
 
 
-def test_demo_runs_and_second_run_reuses(tmp_path, capsys):
-    quick = [
-        "steps=40",
-        "corpus_size=500",
-        "batch_size=16",
-        "eval_n=8",
-        "eval_difficulties=[1,2]",
-        "threads=1",
-    ]
-    assert main(["demo", *quick, "--runs-dir", str(tmp_path)]) == 0
+QUICK_DEMO = [
+    "policy.steps=40", "policy.corpus_size=500", "policy.batch_size=16", "policy.eval_n=8",
+    "sft.max_steps=4", "sft.n_train=64", "sft.eval_n=4",
+    "prefs.n_train_prompts=48", "prefs.n_test_prompts=16",
+    "rm.epochs=1",
+    "rl.max_steps=2", "rl.eval_every=2", "rl.eval_n=8", "rl.prompts_per_step=4",
+    "rl.num_generations=4",
+    "critic.n_train=64", "critic.epochs=1", "critic.eval_n=16",
+    "oversight.n=16",
+    "weak.steps=20", "weak.corpus_size=300", "weak.eval_n=8",
+    "w2s.n_train_weak=64", "w2s.n_train_strong=64", "w2s.n_test=64",
+    "redteam.budget=16", "redteam.n_test=8",
+    "interp.n_probe=40", "interp.sae_texts=60", "interp.sae_steps=20", "interp.n_explain=2",
+    *(
+        f"{step}.{key}"
+        for step in ("backdoor", "backdoor_control")
+        for key in ("implant_steps=10", "safety_sft_steps=2", "safety_rl_steps=1", "eval_n=4")
+    ),
+    "audit.n_items=8", "audit.redteam_budget=16", "audit.probe_statements=20", "audit.sae_steps=10",
+    "gate.n_samples=16", "gate.gold_n=8",
+]  # fmt: skip
+"""Every step of the demo's pipeline made tiny: the wiring, not the figures, is under test."""
+
+
+def test_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path, capsys):
+    assert main(["demo", *QUICK_DEMO, "--runs-dir", str(tmp_path)]) == 0
     first = capsys.readouterr().out
-    assert "pretrain finished" in first and "held-out gold accuracy, level 2" in first
-    assert main(["demo", *quick, "--runs-dir", str(tmp_path)]) == 0
-    assert "pretrain reused" in capsys.readouterr().out
+    assert first.count(" finished: ") == 15, first
+    for label in (
+        "RL: gold reward, end",
+        "audit, blind: red-team detection AUROC",
+        "gate: verdict",
+    ):
+        assert label in first
+    html = (tmp_path / "report.html").read_text()
+    assert "<img" in html and "gate" in html
+    assert main(["demo", *QUICK_DEMO, "--runs-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count(" reused: ") == 15
 
 
 def _free_port() -> int:
