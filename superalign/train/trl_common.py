@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,10 +24,14 @@ LOSS_AND_LR: dict[str, str] = {"loss": "loss/train", "learning_rate": "optim/lr"
 """The log keys every supervised stage keeps, and their metric names."""
 
 
-def trainer_args(run: Run, *, seed: int, log_every: int, checkpoint_every: int) -> dict[str, Any]:
-    """Keyword arguments shared by every stage's TRL config (add the algorithm's own)."""
+def trainer_args(
+    where: Run | str | Path, *, seed: int, log_every: int, checkpoint_every: int
+) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config (add the algorithm's own): CPU-safe
+    precision, no reporting, checkpoints into ``where`` (a run's ``checkpoint/`` or a folder)."""
+    out = where.path("checkpoint") if isinstance(where, Run) else where
     return {
-        "output_dir": str(run.path("checkpoint")),
+        "output_dir": str(out),
         "seed": seed,
         "logging_steps": log_every,
         "logging_first_step": True,

@@ -481,6 +481,7 @@ class GRPOAttacker:
         from trl import GRPOConfig, GRPOTrainer
 
         from superalign.train.rl import attach_reference, check_sampling
+        from superalign.train.trl_common import trainer_args
 
         if batch_size < 2:
             raise ValueError("attacker 'rl' needs batch_size >= 2: GRPO compares within a group")
@@ -509,8 +510,7 @@ class GRPOAttacker:
         self._stop_at_case_end()
         with tempfile.TemporaryDirectory() as out:
             args = GRPOConfig(
-                output_dir=out,
-                seed=self.seed,
+                **trainer_args(out, seed=self.seed, log_every=1, checkpoint_every=0),
                 max_steps=steps,
                 per_device_train_batch_size=batch_size,
                 num_generations=batch_size,  # one group: every test case shares the context
@@ -522,15 +522,6 @@ class GRPOAttacker:
                 learning_rate=self.lr,
                 lr_scheduler_type="constant",
                 disable_dropout=True,
-                logging_steps=1,
-                save_strategy="no",
-                report_to=[],
-                use_cpu=not torch.cuda.is_available(),
-                bf16=False,
-                fp16=False,
-                gradient_checkpointing=False,
-                disable_tqdm=True,
-                dataloader_num_workers=0,
             )
             context = self.sampler.context()
             trainer = GRPOTrainer(
