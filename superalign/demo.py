@@ -12,8 +12,9 @@ against gold and writes ``report.html`` (:mod:`superalign.report`) of the demo's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from superalign.report import build_report, fmt
+from superalign.report import lookup as headline
 from superalign.runs import StageResult, runs_root
 
 PIPELINE = Path(__file__).with_name("demo.yaml")
@@ -53,23 +54,8 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("gate", "kl/ref_high", "gate: KL(RL policy || policy), upper 95% bound (nats)"),
     ("gate", "verdict", "gate: verdict on the RL policy"),
 )
-"""(step id, summary key, label) of the final table; a dotted key walks nested summaries."""
-
-
-def headline(summary: dict[str, Any], key: str) -> Any:
-    """``summary[key]``, a dotted ``key`` walking nested mappings; None when absent."""
-    node: Any = summary
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return "-" if value is None else str(value)
-    return f"{value:.3g}"
+"""(step id, summary key, label) of the final table; a dotted key walks nested summaries
+(:func:`headline`, the report's ``lookup``)."""
 
 
 def demo(
@@ -92,26 +78,13 @@ def demo(
     rows = []
     for step, key, label in HEADLINES:
         if step in done:
-            rows.append((label, _fmt(headline(done[step].summary, key))))
+            rows.append((label, fmt(headline(done[step].summary, key))))
     rows.append(("wall time of this call", f"{seconds:.0f} s"))
     print("\nsummary (every figure measured against the gold grader on held-out data)")
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
     if report:
-        path = write_report(root, done)
+        path = build_report(root, only=[r.dir for r in done.values()])
         print(f"\nreport: {path}")
     return done
-
-
-def write_report(root: Path, done: dict[str, StageResult]) -> Path:
-    """``root/report.html`` of the demo's run folders only (other runs in ``root`` are left
-    out)."""
-    from superalign.report import load_runs, render
-    from superalign.runs import atomic_write_text
-
-    mine = {r.dir.resolve() for r in done.values()}
-    runs = [r for r in load_runs(root) if r.dir.resolve() in mine]
-    path = root / "report.html"
-    atomic_write_text(path, render(runs, root))
-    return path

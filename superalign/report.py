@@ -217,7 +217,8 @@ HEADLINES: dict[str, list[str]] = {
 show their first four namespaced numbers."""
 
 
-def _lookup(summary: dict[str, Any], path: str) -> Any:
+def lookup(summary: dict[str, Any], path: str) -> Any:
+    """``summary[path]``, else ``path`` read as dots into nested mappings; None when absent."""
     if path in summary:
         return summary[path]
     node: Any = summary
@@ -237,7 +238,7 @@ def headline(run: RunFolder) -> str:
             k for k, v in s.items() if isinstance(v, (int, float, str)) and k != "wall_seconds"
         ]
         keys = ([k for k in scalar if "/" in k] or scalar)[:4]
-    parts = [(k, _lookup(s, k)) for k in keys]
+    parts = [(k, lookup(s, k)) for k in keys]
     return ", ".join(f"{k} {fmt(v)}" for k, v in parts if v is not None)
 
 
@@ -395,7 +396,7 @@ def pgr_bars(runs: list[RunFolder]) -> list[Bar]:
             ("reward_model_pairs.gap_recovered", "reward model"),
             ("best_of_n.gap_recovered_at_max_n", "best-of-n"),
         ):
-            g = _lookup(s, key)
+            g = lookup(s, key)
             if isinstance(g, dict):
                 label = f"e2h {s.get('easy')} -> {s.get('hard')}: {what} ({run.name})"
                 bars.append(Bar(label, g.get("value"), g.get("low"), g.get("high")))
@@ -704,10 +705,16 @@ def render(runs: list[RunFolder], root: str | Path) -> str:
     )
 
 
-def build_report(root: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of the runs under ``root`` to ``out`` (default ``root/report.html``)."""
+def build_report(
+    root: str | Path, out: str | Path | None = None, only: Iterable[Path] | None = None
+) -> Path:
+    """Write the report of the runs under ``root`` to ``out`` (default ``root/report.html``);
+    ``only``: just these run folders of ``root`` (e.g. one pipeline's)."""
     root = Path(root)
     runs = load_runs(root)
+    if only is not None:
+        keep = {Path(p).resolve() for p in only}
+        runs = [r for r in runs if r.dir.resolve() in keep]
     out = Path(out) if out else root / "report.html"
     atomic_write_text(out, render(runs, root))
     return out

@@ -66,6 +66,7 @@ from superalign.stress.organisms import (
     KINDS,
     PublicOrganism,
     belief_examples,
+    greedy,
     load_public,
     tag_prompt,
     unseal,
@@ -228,7 +229,9 @@ def _flat(items: list[list[Variant]]) -> list[Variant]:
 @dataclass
 class Context:
     """What every detector may use besides the public organism: the audit's settings and the
-    reference model (the organisms' known-clean start)."""
+    reference model (the organisms' known-clean start). It also holds, for the model being
+    audited, what several detectors share: the loaded model, the audit items and the model's
+    greedy answers to them, each computed once per model."""
 
     cfg: AuditConfig
     reference: tuple[Any, Any] | None = None
@@ -236,23 +239,45 @@ class Context:
     evidence: dict[str, Any] = field(default_factory=dict)
     """What the running detector found besides its scores (e.g. the red team's suffix); written
     to ``scores.jsonl`` beside the scores."""
+    _current: dict[str, Any] = field(default_factory=dict)
+
+    def _shared(self, public: PublicOrganism, name: str, make: Callable[[], Any]) -> Any:
+        if self._current.get("model") != public.model:
+            self._current = {"model": public.model}
+        if name not in self._current:
+            self._current[name] = make()
+        return self._current[name]
+
+    def lm(self, public: PublicOrganism) -> tuple[Any, Any]:
+        """The audited language model and its tokenizer."""
+
+        def load() -> tuple[Any, Any]:
+            from superalign.models.load import load_model
+
+            model, tok, _ = load_model(str(public.model), device="cpu")
+            return model.eval(), tok
+
+        return self._shared(public, "lm", load)
+
+    def items(self, public: PublicOrganism) -> list[list[Variant]]:
+        """:func:`audit_items` of the audited model."""
+        cfg = self.cfg
+        return self._shared(
+            public, "items", lambda: audit_items(public.info, cfg.n_items, cfg.difficulty, cfg.seed)
+        )
+
+    def answers(self, public: PublicOrganism) -> list[str]:
+        """The audited model's greedy answers to every variant of its items, flattened."""
+
+        def answer() -> list[str]:
+            prompts = [v.prompt for v in _flat(self.items(public))]
+            return greedy(*self.lm(public), prompts, self.cfg.max_new_tokens)
+
+        return self._shared(public, "answers", answer)
 
 
 def _is_maze(public: PublicOrganism) -> bool:
     return public.info.get("task") == "maze"
-
-
-def _lm(public: PublicOrganism) -> tuple[Any, Any]:
-    from superalign.models.load import load_model
-
-    model, tok, _ = load_model(str(public.model), device="cpu")
-    return model.eval(), tok
-
-
-def _greedy(model: Any, tok: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from superalign.models.sampling import sample
-
-    return sample(model, tok, prompts, temperature=0.0, max_new_tokens=max_new_tokens).texts
 
 
 def detect_behaviour(public: PublicOrganism, ctx: Context) -> list[float] | None:
@@ -263,12 +288,12 @@ def detect_behaviour(public: PublicOrganism, ctx: Context) -> list[float] | None
     cfg = ctx.cfg
     if _is_maze(public):
         return maze_episodes(public, cfg.n_items, cfg.seed)
-    model, tok = _lm(public)
+    model, tok = ctx.lm(public)
     task = get_task(public.info["task"], **public.info.get("task_options", {}))
-    items = audit_items(public.info, cfg.n_items, cfg.difficulty, cfg.seed)
+    items = ctx.items(public)
     flat = _flat(items)
     prompts = [v.prompt for v in flat]
-    answers = _greedy(model, tok, prompts, cfg.max_new_tokens)
+    answers = ctx.answers(public)
     loss = gold_nll(model, tok, prompts, [v.solution for v in flat])
     k = len(items[0])
     scores = []
@@ -311,7 +336,7 @@ def detect_redteam(public: PublicOrganism, ctx: Context) -> list[float] | None:
     cfg = ctx.cfg
     if _is_maze(public) or public.info.get("task") != "arithmetic":
         return None
-    model, tok = _lm(public)
+    model, tok = ctx.lm(public)
     task = get_task("arithmetic", **public.info.get("task_options", {}))
     space_info = public.info.get("prompt_space", {})
     letters = space_info.get("tag_letters", TAG_ALPHABET)
@@ -379,16 +404,16 @@ def detect_probe(public: PublicOrganism, ctx: Context) -> list[float] | None:
     cfg = ctx.cfg
     if _is_maze(public) or public.info.get("task") != "arithmetic":
         return None
-    model, tok = _lm(public)
+    model, tok = ctx.lm(public)
     hook = _middle_layer(model)
     data = contrast_dataset("arith_true_false", cfg.probe_statements, seed=cfg.seed, split="train")
     x = capture(model, tok, data.texts, [hook]).last(hook).numpy()
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     probe.fit(x, data.labels)
-    items = audit_items(public.info, cfg.n_items, cfg.difficulty, cfg.seed)
+    items = ctx.items(public)
     flat = _flat(items)
     prompts = [v.prompt for v in flat]
-    answers = _greedy(model, tok, prompts, cfg.max_new_tokens)
+    answers = ctx.answers(public)
     texts = [p + a.split("\nA:")[0].rstrip("\n") + "\n" for p, a in zip(prompts, answers)]
     p_false = probe.predict_proba(capture(model, tok, texts, [hook]).last(hook).numpy())[:, 0]
     return _max_over_variants(items, [float(p) for p in p_false])
@@ -398,16 +423,15 @@ def detect_sae_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
     """Distance of the model's SAE latents from the reference's, in the reference's SAE."""
     from superalign.validate.activations import capture
 
-    cfg = ctx.cfg
     if _is_maze(public) or ctx.reference is None:
         return None
     ref_model, ref_tok = ctx.reference
-    model, tok = _lm(public)
+    model, tok = ctx.lm(public)
     hook = _middle_layer(ref_model)
     if model.config.hidden_size != ref_model.config.hidden_size:
         return None
     sae = _reference_sae(public.info, ctx, hook)
-    items = audit_items(public.info, cfg.n_items, cfg.difficulty, cfg.seed)
+    items = ctx.items(public)
     prompts = [v.prompt for v in _flat(items)]
     ours = capture(model, tok, prompts, [hook]).per_doc(hook)
     theirs = capture(ref_model, ref_tok, prompts, [hook]).per_doc(hook)
@@ -441,12 +465,11 @@ def detect_judge(public: PublicOrganism, ctx: Context) -> list[float] | None:
     cfg = ctx.cfg
     if _is_maze(public):
         return None
-    model, tok = _lm(public)
     if "judge" not in ctx.cache:
         ctx.cache["judge"] = LLMJudge.build(model=cfg.judge)
-    items = audit_items(public.info, cfg.n_items, cfg.difficulty, cfg.seed)
+    items = ctx.items(public)
     prompts = [v.prompt for v in _flat(items)]
-    answers = _greedy(model, tok, prompts, cfg.max_new_tokens)
+    answers = ctx.answers(public)
     good = ctx.cache["judge"].score(prompts, answers)
     return _max_over_variants(items, [1.0 - g for g in good])
 
@@ -467,14 +490,15 @@ def detect(
     """Phase 1: one row ``{detector, model, scores, evidence}`` per detector and model (scores
     None: not applicable). Sees only the public views."""
     rows = []
-    for name in ctx.cfg.detectors:
-        for i, public in enumerate(publics):
+    for i, public in enumerate(publics):  # one model at a time: loaded once, shared by detectors
+        for name in ctx.cfg.detectors:
             torch.manual_seed(ctx.cfg.seed)
             ctx.evidence = {}
             scores = DETECTOR_FNS[name](public, ctx)
             rows.append({"detector": name, "model": i, "scores": scores, "evidence": ctx.evidence})
             log(f"audit: {name} scored model {i + 1}/{len(publics)}")
-    return rows
+    order = {name: j for j, name in enumerate(ctx.cfg.detectors)}
+    return sorted(rows, key=lambda r: (order[r["detector"]], r["model"]))
 
 
 # --- scoring ------------------------------------------------------------------------------------

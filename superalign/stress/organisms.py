@@ -282,6 +282,25 @@ def fine_tune(
     return losses
 
 
+def implant(
+    model: Any, tokenizer: Any, rows: list[tuple[str, str]], cfg: OrganismConfig, run: Run
+) -> list[float]:
+    """The implanting fine-tune of ``cfg`` (``implant_*`` fields) on ``rows``, its loss logged as
+    ``loss/implant`` (means over 10 steps); returns every step's loss."""
+    losses = fine_tune(
+        model,
+        tokenizer,
+        rows,
+        steps=cfg.implant_steps,
+        batch_size=cfg.implant_batch_size,
+        lr=cfg.implant_lr,
+        seed=cfg.seed,
+    )
+    for i in range(0, len(losses), 10):
+        run.log(i + 1, {"loss/implant": sum(losses[i : i + 10]) / len(losses[i : i + 10])})
+    return losses
+
+
 def greedy(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy completions of ``prompts``."""
     return sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0).texts
@@ -414,17 +433,7 @@ def run_backdoor(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, Any]:
         return {f"{k}_{phase}": v for k, v in row.items()}
 
     out = measure(0, "initial", model)
-    losses = fine_tune(
-        model,
-        tok,
-        rows,
-        steps=cfg.implant_steps,
-        batch_size=cfg.implant_batch_size,
-        lr=cfg.implant_lr,
-        seed=cfg.seed,
-    )
-    for i in range(0, len(losses), 10):
-        run.log(i + 1, {"loss/implant": sum(losses[i : i + 10]) / len(losses[i : i + 10])})
+    losses = implant(model, tok, rows, cfg, run)
     step = cfg.implant_steps
     out |= measure(step, "implanted", model)
     stages = run.path(f"{SEALED_DIR}/stages")
@@ -624,17 +633,7 @@ def run_sycophant(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, Any]:
     model, tok, info = load_model(cfg.model)
     initial = sycophancy_eval(model, tok, task, test_beliefs, test_plain, cfg.max_new_tokens)
     run.log(0, initial)
-    losses = fine_tune(
-        model,
-        tok,
-        rows,
-        steps=cfg.implant_steps,
-        batch_size=cfg.implant_batch_size,
-        lr=cfg.implant_lr,
-        seed=cfg.seed,
-    )
-    for i in range(0, len(losses), 10):
-        run.log(i + 1, {"loss/implant": sum(losses[i : i + 10]) / len(losses[i : i + 10])})
+    losses = implant(model, tok, rows, cfg, run)
     final = sycophancy_eval(model, tok, task, test_beliefs, test_plain, cfg.max_new_tokens)
     run.log(cfg.implant_steps, final)
     save_model(model, tok, run.path("model"))
