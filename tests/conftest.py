@@ -1,4 +1,16 @@
-"""Shared fixtures: one small pretrained arithmetic policy for every training-stage test."""
+"""Shared fixtures: one small pretrained arithmetic policy for every training-stage test, and the
+seed and thread count every outcome test runs with.
+
+Outcome tests (``@pytest.mark.outcome``: training moved gold, an organism fires, a detector
+separates, an overseer beats another) take their base seed from ``SUPERALIGN_TEST_SEED`` (default
+0) through the ``test_seed`` fixture, and run with ``OMP_NUM_THREADS`` torch threads (default 1).
+The marked set must pass for seeds 0, 1 and 2 with 1 and with 2 threads; each margin is set from
+the spread observed over those six runs, written in a comment beside it::
+
+    SUPERALIGN_TEST_SEED=2 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -m outcome tests
+"""
+
+import os
 
 import pytest
 import torch
@@ -6,6 +18,11 @@ import torch
 from superalign.config import load_config
 from superalign.models.pretrain import PretrainConfig
 from superalign.stages import execute
+
+TEST_SEED = int(os.environ.get("SUPERALIGN_TEST_SEED") or 0)
+"""Base seed of every outcome test (and of the shared policy below)."""
+TEST_THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch CPU threads for the tests: float rounding, and so training, differs between 1 and 2."""
 
 POLICY = [
     "corpus_size=4000",
@@ -15,7 +32,8 @@ POLICY = [
     "eval_n=100",
     "eval_difficulties=[1,2]",
     "task_options.default_levels=[1]",
-    "threads=1",
+    f"threads={TEST_THREADS}",
+    f"seed={TEST_SEED}",
 ]
 """A tiny model pretrained on one-step problems only: about 0.68 greedy held-out gold accuracy
 at difficulty 1 and 0.01 at difficulty 2 (measured, seed 0), so training stages have room to
@@ -25,6 +43,12 @@ move gold both ways. Takes about 40 s on one CPU thread."""
 @pytest.fixture(scope="session")
 def arith_policy(tmp_path_factory):
     """The finished ``pretrain`` run folder of :data:`POLICY` (a ``load_model`` spec)."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     root = tmp_path_factory.mktemp("policy-runs")
     return execute("pretrain", load_config(PretrainConfig, None, POLICY), root=root).dir
+
+
+@pytest.fixture(scope="session")
+def test_seed() -> int:
+    """``SUPERALIGN_TEST_SEED`` (default 0): the base seed an outcome test offsets its seeds by."""
+    return TEST_SEED
