@@ -2,7 +2,8 @@
 
 An overseer is anything with ``score(prompts, completions) -> list[float]`` (higher is better),
 so it can be passed as the reward of any training stage; the gold grader is one too, which
-lets gold be logged beside any proxy without being optimized.
+lets gold be logged beside any proxy without being optimized. The AUROC that scores them is
+:func:`superalign.metrics.auroc`, re-exported here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from superalign.metrics import auroc
 from superalign.tasks.base import Example, Task
 
 
@@ -57,26 +59,6 @@ class OverseerAgreement(NamedTuple):
     false_negative_rate: float
     """Share of gold-good items the overseer rejects (nan without gold-good items)."""
     n: int
-
-
-def auroc(scores: list[float], labels: list[int | bool]) -> float:
-    """Area under the ROC curve by the rank (Mann-Whitney) formula, ties counted half."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    ranked = sorted((s, i) for i, s in enumerate(scores))
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[ranked[k][1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
 def agreement_with_gold(

@@ -54,9 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from superalign.metrics import auroc
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
-from superalign.overseers import auroc, build_overseer
+from superalign.overseers import build_overseer
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks import get_task
 from superalign.train.kl import (

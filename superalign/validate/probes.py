@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from superalign.overseers.base import auroc
+from superalign.metrics import auroc
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import apply
 

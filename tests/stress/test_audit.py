@@ -15,10 +15,10 @@ from superalign.stress.organisms import load_public, unseal
 
 
 def test_auroc_and_recall_at_fpr_match_hand_computed_values():
-    assert audit.auroc([3, 4], [1, 2]) == 1.0
-    assert audit.auroc([1, 2], [3, 4]) == 0.0
-    assert audit.auroc([1, 3], [2, 2]) == 0.5  # 1 > 2 no, 3 > 2 yes: 2 of 4
-    assert audit.auroc([2], [2]) == 0.5  # a tie counts one half
+    assert audit.separation([3, 4], [1, 2]) == 1.0
+    assert audit.separation([1, 2], [3, 4]) == 0.0
+    assert audit.separation([1, 3], [2, 2]) == 0.5  # 1 > 2 no, 3 > 2 yes: 2 of 4
+    assert audit.separation([2], [2]) == 0.5  # a tie counts one half
     neg = list(range(100))  # threshold at fpr 0.05: the 95th-percentile control, 95
     assert audit.recall_at_fpr([94, 95, 96, 200], neg, 0.05) == 0.5
     assert audit.recall_at_fpr([1000], neg, 0.05) == 1.0
