@@ -67,16 +67,12 @@ from superalign.generalize.classifiers import (
 from superalign.generalize.pgr import mean_ci, pgr_ci
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
 from superalign.tasks import get_task
-from superalign.tasks.arithmetic import apply
+from superalign.tasks.arithmetic import corrupt
 
 DEFAULT_DATASETS = {"verifiable": ["arithmetic-d1"], "bigbench": ["vitaminc", "strategyqa"]}
 DEFAULT_MODELS = {"bigbench": ["bow", "minilm"]}
 BIGBENCH_BINARY = ("vitaminc", "strategyqa", "fact_checker", "misconceptions")
 """BIG-bench tasks whose examples carry a binary ``meta["label"]``."""
-ERRORS = (-10, -1, 1, 10)
-"""How a corrupted number is off: a slip in the units digit or a wrong carry."""
-ERROR_KINDS = ("result", "operand", "answer")
-"""What a corrupted solution gets wrong (:func:`corrupt`)."""
 LOSSES = ("xent", "conf")
 
 
@@ -233,33 +229,6 @@ class W2SData:
     strong_train: Split
     """B: labelled by weak models; trains students (weak labels) and ceilings (gold)."""
     test: Split
-
-
-def nudge(value: int, rng: random.Random) -> int:
-    """``value`` off by one of :data:`ERRORS`, kept non-negative."""
-    delta = rng.choice(ERRORS)
-    return value + delta if value + delta >= 0 else value - delta
-
-
-def corrupt(example: Any, rng: random.Random) -> str:
-    """A wrong solution of an arithmetic ``example`` with exactly one error, of a kind drawn
-    from :data:`ERROR_KINDS`: a step's ``result`` or its right ``operand`` (miscopied from the
-    problem) or the final ``answer`` is off by one of :data:`ERRORS`. Later steps continue
-    correctly from what was written, so the final answer is wrong in every case."""
-    operands, ops = example.meta["operands"], example.meta["ops"]
-    kind, bad = rng.choice(ERROR_KINDS), rng.randrange(len(ops))
-    value, lines = operands[0], []
-    for i, (op, right) in enumerate(zip(ops, operands[1:])):
-        if i == bad and kind == "operand":
-            wrong = nudge(right, rng)
-            right = 2 * right - wrong if op == "-" and wrong > value else wrong  # stay >= 0
-        result = apply(value, op, right)
-        if i == bad and kind == "result":
-            result = nudge(result, rng)
-        lines.append(f"{value}{op}{right}={result}")
-        value = result
-    answer = nudge(value, rng) if kind == "answer" else value
-    return "\n".join(lines) + f"\nA: {answer}\n"
 
 
 def verification_split(split: str, n: int, difficulty: int, seed: int) -> Split:

@@ -10,6 +10,10 @@ supervision: :func:`step_labels`) and for the final answer (outcome supervision:
 Difficulty is the number of steps and of digits per operand (:data:`LEVELS`). Intermediate
 results never go below zero: a subtraction that would is drawn as an addition instead.
 Train and test are disjoint by a stable hash of the problem (:func:`split_of`).
+
+This module is the one home of the format's parsers (:func:`parse_problem`, :func:`parse_steps`,
+:func:`parse_answer`) and of :func:`corrupt`, the one-error wrong solution that the critic, the
+oversight stage and weak-to-strong all train or test on.
 """
 
 from __future__ import annotations
@@ -26,8 +30,23 @@ LEVELS: dict[int, tuple[int, int]] = {1: (1, 2), 2: (2, 2), 3: (3, 2), 4: (4, 3)
 two 1-digit steps was tried as level 1 and proved harder for tiny models than level 2 (its
 steps mix widths, as in ``14+7``): 34-76% vs 97.5% held-out accuracy after the same training."""
 
+ERRORS = (-10, -1, 1, 10)
+"""How a corrupted number is off: a slip in the units digit or a wrong carry."""
+ERROR_KINDS = ("result", "operand", "answer")
+"""What a corrupted solution gets wrong (:func:`corrupt`)."""
+
+_PROBLEM = re.compile(r"Q:\s*(\d+(?:\s*[+-]\s*\d+)+)")
+_TERM = re.compile(r"([+-]?)\s*(\d+)")
 _STEP = re.compile(r"^\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*$")
 _ANSWER = re.compile(r"A:\s*(-?\d+)")
+
+
+class Problem(NamedTuple):
+    """A parsed problem: ``operands[0] ops[0] operands[1] ...`` (``len(ops) == len(operands) - 1``),
+    the arguments of :meth:`ArithmeticTask.make`."""
+
+    operands: list[int]
+    ops: list[str]
 
 
 class Step(NamedTuple):
@@ -41,6 +60,16 @@ class Step(NamedTuple):
 
 def apply(left: int, op: str, right: int) -> int:
     return left + right if op == "+" else left - right
+
+
+def parse_problem(prompt: str) -> Problem | None:
+    """The first ``Q: a+b-c`` chain (at least one operator) in ``prompt``, or None. Whatever
+    follows the chain (an adversarial suffix, the solution) is ignored."""
+    m = _PROBLEM.search(prompt)
+    if not m:
+        return None
+    terms = _TERM.findall(m[1])
+    return Problem([int(x) for _, x in terms], [op for op, _ in terms[1:]])
 
 
 def parse_steps(completion: str) -> list[Step | None]:
@@ -96,6 +125,33 @@ def first_error(example: Example, completion: str) -> int | None:
         if not ok:
             return i
     return None if len(labels) == len(example.meta["ops"]) else len(labels)
+
+
+def nudge(value: int, rng: random.Random) -> int:
+    """``value`` off by one of :data:`ERRORS`, kept non-negative."""
+    delta = rng.choice(ERRORS)
+    return value + delta if value + delta >= 0 else value - delta
+
+
+def corrupt(example: Example, rng: random.Random) -> str:
+    """A wrong solution of an arithmetic ``example`` with exactly one error, of a kind drawn
+    from :data:`ERROR_KINDS`: a step's ``result`` or its right ``operand`` (miscopied from the
+    problem) or the final ``answer`` is off by one of :data:`ERRORS`. Later steps continue
+    correctly from what was written, so the final answer is wrong in every case."""
+    operands, ops = example.meta["operands"], example.meta["ops"]
+    kind, bad = rng.choice(ERROR_KINDS), rng.randrange(len(ops))
+    value, lines = operands[0], []
+    for i, (op, right) in enumerate(zip(ops, operands[1:])):
+        if i == bad and kind == "operand":
+            wrong = nudge(right, rng)
+            right = 2 * right - wrong if op == "-" and wrong > value else wrong  # stay >= 0
+        result = apply(value, op, right)
+        if i == bad and kind == "result":
+            result = nudge(result, rng)
+        lines.append(f"{value}{op}{right}={result}")
+        value = result
+    answer = nudge(value, rng) if kind == "answer" else value
+    return "\n".join(lines) + f"\nA: {answer}\n"
 
 
 @dataclass

@@ -1,11 +1,15 @@
+import random
+
 import pytest
 
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import (
     LEVELS,
     apply,
+    corrupt,
     first_error,
     parse_answer,
+    parse_problem,
     parse_steps,
     step_labels,
 )
@@ -80,3 +84,28 @@ def test_bad_arguments(task):
         task.examples("train", 1, difficulty=9)
     with pytest.raises(ValueError, match="unknown task 'arithmetc'.*Did you mean 'arithmetic'"):
         get_task("arithmetc")
+
+
+def test_parse_problem_reads_the_first_chain_and_ignores_what_follows(task):
+    for ex in task.examples("test", 50, 3):
+        assert parse_problem(ex.prompt) == (ex.meta["operands"], ex.meta["ops"])
+        assert task.make(*parse_problem(ex.prompt + ex.solution), 3) == ex
+    assert parse_problem("Q: 37 + 45-12zq\n") == ([37, 45, 12], ["+", "-"])
+    assert parse_problem("x Q: 9-3\nQ: 1+1\n").operands == [9, 3]
+    assert parse_problem("hello\n") is None
+    assert parse_problem("Q: 37\n") is None  # a chain has at least one operator
+
+
+def test_corrupted_solutions_have_exactly_one_error(task):
+    rng = random.Random(0)
+    kinds = set()
+    for ex in task.examples("train", 200, 2, seed=1):
+        wrong = corrupt(ex, rng)
+        assert task.grade(ex, wrong) == 0.0 and task.grade(ex, ex.solution) == 1.0
+        labels = step_labels(ex, wrong)
+        if labels.count(False) == 1:
+            kinds.add("step")
+        else:  # all steps right: the answer line was miscopied
+            assert all(labels) and parse_answer(wrong) != int(ex.solution.split("=")[-1].split()[0])
+            kinds.add("answer")
+    assert kinds == {"step", "answer"}
