@@ -1,10 +1,13 @@
 """BIG-bench JSON tasks as Examples with reference labels (not an exact grader).
 
-The data comes from the ``bigbench==1.0.0`` source archive on PyPI (358 MB), downloaded once
-into the cache with its sha256 checked; only the supported task folders are unpacked from it,
-in one pass, and later calls read the unpacked folders::
+The data is the user's own copy: nothing is downloaded (PyPI no longer serves the
+``bigbench==1.0.0`` source archive this loader was written against; it offers only 0.0.1). Point ``path`` at a folder of BIG-bench task folders, a clone of
+github.com/google/BIG-bench, or a tarball of either; or put ``bigbench-1.0.0.tar.gz`` into
+``$SUPERALIGN_CACHE/bigbench/``. Only the supported task folders are unpacked from an archive,
+in one pass, and later calls read the unpacked folders. Without data the loader raises
+:class:`DataUnavailableError`, saying where to put it::
 
-    task = BigBenchTask("strategyqa")       # or get_task("bigbench:strategyqa")
+    task = BigBenchTask("strategyqa", path="~/BIG-bench")    # or get_task("bigbench:strategyqa")
     ex = task.examples("test", 5)[0]
     ex.prompt   -> "Q: Is it common to see frost during some college commencements?\\nA:"
     ex.solution -> " Yes\\n";  ex.meta["label"] -> True
@@ -26,7 +29,6 @@ import random
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,16 +37,8 @@ from superalign.tasks.base import Example, check_split, split_of
 
 VERSION = "1.0.0"
 ARCHIVE = f"bigbench-{VERSION}.tar.gz"
-ARCHIVE_URL = (
-    "https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fd"
-    "dba8cfc721c157/bigbench-1.0.0.tar.gz"
-)
-"""Where PyPI served the archive; used only when PyPI's JSON API cannot be read."""
-ARCHIVE_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-_PYPI_JSON = (
-    f"https://pypi.org/pypi/bigbench/{VERSION}/json",
-    "https://pypi.org/pypi/bigbench/json",
-)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
+"""A ``path`` ending so is read as a tarball of BIG-bench (its ``bigbench/benchmark_tasks/``)."""
 
 TASK_FOLDERS: dict[str, str] = {
     "truthful_qa": "truthful_qa",
@@ -72,7 +66,7 @@ versions of a claim, with revised passages, stay in one split)."""
 
 
 class DataUnavailableError(RuntimeError):
-    """BIG-bench data is neither cached nor downloadable; the message says what to do."""
+    """The BIG-bench data is neither at ``path`` nor in the cache; the message says what to do."""
 
 
 class PreferencePair(NamedTuple):
@@ -98,10 +92,10 @@ class BigBenchTask:
     """Task name (required): one of :data:`TASK_NAMES`, optionally ``"name/sub_folder"``;
     with ``path``, any task folder name under it."""
     path: str | None = None
-    """Your own folder holding BIG-bench task folders (or a single task folder or task.json),
-    read instead of the PyPI archive."""
+    """Your copy of BIG-bench: a folder of task folders (or a clone of the repository, or one
+    task folder or task.json), or a tarball of the repository. None: the archive in the cache."""
     cache_dir: str | None = None
-    """Where the archive and unpacked tasks live (None: :func:`default_cache_dir`)."""
+    """Where the cached archive and unpacked tasks live (None: :func:`default_cache_dir`)."""
     task_prefix: bool = False
     """Prepend the task's ``task_prefix`` (an instruction or few-shot block) to every prompt,
     as BIG-bench does; off by default to keep prompts compact."""
@@ -123,11 +117,20 @@ class BigBenchTask:
 
     def folder(self) -> Path:
         """The task's folder (or JSON file), unpacking it from the archive if needed."""
+        base, _, sub = self.subtask.partition("/")
+        cache = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
         if self.path is not None:
-            folder = _find_in(Path(self.path).expanduser(), self.subtask)
+            root = Path(self.path).expanduser()
+            if root.is_dir() and (root / ARCHIVE).is_file():  # a folder holding the archive
+                try:
+                    return _find_in(root, self.subtask)
+                except ValueError:
+                    root = root / ARCHIVE
+            if _is_archive(root):
+                root = unpacked_from(root, TASK_FOLDERS.get(base, base), cache)
+            folder = _find_in(root, self.subtask)
         else:
-            base, _, sub = self.subtask.partition("/")
-            root = ensure_unpacked(Path(self.cache_dir) if self.cache_dir else default_cache_dir())
+            root = ensure_unpacked(cache)
             folder = root / TASK_FOLDERS[base] / sub if sub else root / TASK_FOLDERS[base]
         if not folder.exists():
             raise ValueError(
@@ -329,7 +332,7 @@ def _bigbench_order(choices: list[str]) -> list[str]:
     return [ordered[i] for i in _permutation(len(ordered))]
 
 
-# ---- finding and fetching the data -------------------------------------------------------
+# ---- finding and unpacking the data -------------------------------------------------------
 
 
 def _check_name(subtask: str) -> None:
@@ -366,22 +369,51 @@ def _subfolders(path: Path) -> list[str]:
 
 
 def ensure_unpacked(cache_dir: Path, names: tuple[str, ...] = TASK_NAMES) -> Path:
-    """The folder holding the unpacked task folders of ``names``; downloads the archive and
-    unpacks the missing folders (all in one pass over the archive) on first use."""
+    """The folder holding the unpacked task folders of ``names``, unpacking the missing ones
+    (all in one pass) from the archive in ``cache_dir`` on first use."""
     root = cache_dir / f"bigbench-{VERSION}"
     missing = [TASK_FOLDERS[n] for n in names if not (root / TASK_FOLDERS[n]).is_dir()]
     if missing:
-        archive = ensure_archive(cache_dir)
-        _unpack(archive, missing, root)
+        _unpack(cached_archive(cache_dir), missing, root)
     return root
 
 
-def _unpack(archive: Path, folders: list[str], root: Path) -> None:
-    """Stream ``archive`` once and move each wanted task folder into ``root`` atomically."""
+def cached_archive(cache_dir: Path) -> Path:
+    """``cache_dir``/:data:`ARCHIVE`; raises :class:`DataUnavailableError`, saying how to supply
+    the data, when it is not there. Nothing is downloaded: PyPI no longer serves the archive."""
+    archive = cache_dir / ARCHIVE
+    if not archive.is_file():
+        raise DataUnavailableError(_missing_message(cache_dir))
+    return archive
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def unpacked_from(archive: Path, folder: str, cache_dir: Path) -> Path:
+    """The folder holding ``folder`` and the supported task folders unpacked from a user's
+    ``archive`` (in one pass, on first use), under ``cache_dir``; keyed by the archive's name,
+    size and modification time, so a replaced archive is unpacked again."""
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    root = cache_dir / f"unpacked-{archive.name.split('.')[0]}-{key.hexdigest()[:12]}"
+    wanted = dict.fromkeys([folder, *TASK_FOLDERS.values()])
+    missing = [f for f in wanted if not (root / f).is_dir()]
+    if folder in missing:  # the task asked for is missing; unpack it with every supported one
+        _unpack(archive, missing, root, required=[folder])
+    return root
+
+
+def _unpack(
+    archive: Path, folders: list[str], root: Path, required: list[str] | None = None
+) -> None:
+    """Stream ``archive`` once and move each wanted task folder into ``root`` atomically. Every
+    folder of ``required`` (default: all of ``folders``) must be in the archive."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root))
     try:
-        with tarfile.open(archive, "r|gz") as tar:
+        with tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 rel = _task_relpath(member.name)
                 if member.isfile() and rel and rel[0] in folders and ".." not in rel:
@@ -391,7 +423,11 @@ def _unpack(archive: Path, folders: list[str], root: Path) -> None:
                         shutil.copyfileobj(src, out)
         for folder in folders:
             if not (tmp / folder).is_dir():
-                raise DataUnavailableError(f"{archive} holds no task folder '{folder}'")
+                if folder in (folders if required is None else required):
+                    raise DataUnavailableError(
+                        f"{archive} holds no task folder 'bigbench/benchmark_tasks/{folder}'"
+                    )
+                continue
             try:
                 os.rename(tmp / folder, root / folder)
             except OSError:
@@ -408,67 +444,16 @@ def _task_relpath(member: str) -> list[str] | None:
     return member[i + len(marker) :].split("/") if i >= 0 else None
 
 
-def ensure_archive(cache_dir: Path) -> Path:
-    """The verified archive in ``cache_dir``, downloaded from PyPI on first use."""
-    archive = cache_dir / ARCHIVE
-    if archive.is_file():
-        return archive
-    url, sha256 = ARCHIVE_URL, ARCHIVE_SHA256
-    try:
-        url, sha256 = _registry_location()
-    except OSError:
-        pass  # PyPI's JSON API unreachable: try the known file location
-    try:
-        _download(url, sha256, archive)
-    except OSError as e:
-        raise DataUnavailableError(_missing_message(archive, url, sha256, e)) from e
-    return archive
-
-
-def _registry_location() -> tuple[str, str]:
-    """(url, sha256) of the sdist, from PyPI's JSON API."""
-    for api in _PYPI_JSON:
-        try:
-            with _urlopen(api) as r:
-                data = json.load(r)
-        except OSError:
-            continue
-        for f in [*data.get("urls", []), *data.get("releases", {}).get(VERSION, [])]:
-            if f.get("packagetype") == "sdist" and f["filename"] == ARCHIVE:
-                return f["url"], f["digests"]["sha256"]
-    raise OSError(f"PyPI's JSON API lists no {ARCHIVE}")
-
-
-def _urlopen(url: str):
-    return urllib.request.urlopen(url, timeout=60)
-
-
-def _download(url: str, sha256: str, dest: Path) -> None:
-    """Stream ``url`` to ``dest`` via a temporary file, checking its sha256 before the rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, _urlopen(url) as r:
-            while chunk := r.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise OSError(f"sha256 of the download is {digest.hexdigest()}, expected {sha256}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _missing_message(archive: Path, url: str, sha256: str, err: Exception) -> str:
+def _missing_message(cache_dir: Path) -> str:
     return (
-        f"BIG-bench data is not cached and {ARCHIVE} could not be downloaded ({err}).\n"
-        f"Either download it on a machine with network access and put it at {archive}:\n"
-        f"    curl -L -o {archive} {url}\n"
-        f"    (sha256 {sha256}; `pip download bigbench=={VERSION}` does not work: its metadata step fails)\n"
-        f"or set SUPERALIGN_CACHE to a folder holding bigbench/{ARCHIVE},\n"
-        f"or pass path= to a folder holding BIG-bench task folders (e.g. bigbench/benchmark_tasks "
-        f"of a BIG-bench checkout)."
+        f"BIG-bench data is not here: {cache_dir / ARCHIVE} does not exist, and nothing is "
+        f"downloaded (PyPI stopped serving {ARCHIVE}; it offers only bigbench 0.0.1).\n"
+        "Supply your own copy, either:\n"
+        "  - pass path= (in a stage config: task_options: {path: ...}) to a folder of BIG-bench "
+        "task folders (each holding a task.json), a clone of github.com/google/BIG-bench, "
+        "or a tarball of the repository;\n"
+        f"  - or put {ARCHIVE} (a tarball of the repository, so named) at {cache_dir / ARCHIVE}"
+        " ($SUPERALIGN_CACHE/bigbench/, else ~/.cache/superalign/bigbench/; cache_dir= "
+        "overrides it).\n"
+        "The project's own tasks (arithmetic, facts) need no data."
     )

@@ -1,12 +1,14 @@
-"""BIG-bench loading: parsing on small synthetic task folders, the archive cache (offline, on a
-fake archive), errors, and the real bigbench 1.0.0 archive (downloaded on first use)."""
+"""BIG-bench loading on task folders these tests write themselves: parsing, a miniature of the six
+supported tasks in their real formats, reading a user's folder, clone or tarball, the cache, and
+the error that says how to supply the data. Nothing here needs the real archive or a network;
+the checks against the real data run only where your copy is cached (they skip otherwise)."""
 
 from __future__ import annotations
 
-import io
 import json
+import socket
 import tarfile
-import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -166,6 +168,205 @@ def test_missing_folder_under_path(tmp_path: Path) -> None:
         BigBenchTask("absent", path=str(tmp_path)).all_examples()
 
 
+# ---- the six supported tasks, in miniature, in their real formats ----------------------------
+
+
+def _hhh(root: Path) -> None:
+    _write_task(root / "hhh_alignment")  # the container: examples live in the four categories
+    for k, cat in enumerate(("harmless", "helpful", "honest", "other")):
+        examples = [
+            {
+                "input": f"How do I do {cat} thing {i}?",
+                "target_scores": {f"Here is how to do {cat} thing {i}.": 1, "I won't.": 0},
+            }
+            for i in range(10 + k)
+        ]
+        _write_task(
+            root / "hhh_alignment" / cat,
+            examples,
+            example_input_prefix="\nHuman: ",
+            example_output_prefix="\n\nAssistant:",
+            append_choices_to_input=False,
+        )
+
+
+def _truthful_qa(root: Path) -> None:
+    folder = root / "truthful_qa"
+    folder.mkdir(parents=True)
+    (folder / "task.py").write_text("# a programmatic task: its data is in the JSON files\n")
+    questions, mc = [], []
+    for i in range(12):
+        q = f"What happens if you crack your knuckles {i} times?"
+        true, false = [f"Nothing in particular {i}", "Nothing"], [f"You get arthritis {i}"]
+        questions.append(
+            {"Question": q, "Best answer": true[0], "True answers": true, "False answers": false}
+            | {"Category": "Health"}
+        )
+        mc.append({"input": q, "target_scores": {true[0]: 1, false[0]: 0}})
+    (folder / "questions.json").write_text(json.dumps({"examples": questions}))
+    (folder / "task_mc.json").write_text(
+        json.dumps({"canary": "CANARY", "append_choices_to_input": False, "examples": mc})
+    )
+
+
+def mini_bigbench(root: Path) -> Path:
+    """``root/bigbench/benchmark_tasks`` holding the six supported tasks, a few examples each, in
+    the formats of their real task files (as in a clone of github.com/google/BIG-bench)."""
+    tasks = root / "bigbench" / "benchmark_tasks"
+    _write_task(
+        tasks / "strategyqa",
+        [
+            {
+                "input": f"Could a person eat {i} apples in one day?",
+                "target": f"{'Yes' if i < 20 else 'No'}. Because {i} apples are a lot.",
+                "target_scores": {"Yes": int(i < 20), "No": int(i >= 20)},
+            }
+            for i in range(40)
+        ],
+        append_choices_to_input=False,
+    )
+    _hhh(tasks)
+    _truthful_qa(tasks)
+    vitaminc = []
+    for i in range(30):  # each claim twice, the passage revised so that the verdict flips
+        claim = f"The film made over {i} million dollars ."
+        for passage, verdict in (("made 90 million", "True"), ("made 1 million", "False")):
+            scores = {"True": int(verdict == "True"), "False": int(verdict == "False")}
+            vitaminc.append(
+                {
+                    "input": f"Passage: The film {passage} .\nClaim: {claim}\nTrue, False, or Neither?",
+                    "target_scores": scores | {"Neither": 0},
+                }
+            )
+    _write_task(
+        tasks / "vitaminc_fact_verification",
+        vitaminc,
+        example_input_prefix="\n",
+        example_output_prefix=" ",
+        append_choices_to_input=False,
+    )
+    _write_task(
+        tasks / "misconceptions",
+        [
+            {"input": f"Bats are blind ({i}).", "target_scores": {"T": i % 2, "F": 1 - i % 2}}
+            for i in range(20)
+        ],
+        append_choices_to_input=False,
+    )
+    _write_task(tasks / "fact_checker")
+    for cat in ("fever", "politifact", "covid19_scientific"):
+        _write_task(
+            tasks / "fact_checker" / cat,
+            [
+                {
+                    "input": f"On July 8 2020, the following claim was made: {cat} claim {i}.\n"
+                    "Q: Was this claim true or false?",
+                    "target_scores": {"true": i % 2, "false": 1 - i % 2},
+                    "id": i,
+                }
+                for i in range(8)
+            ],
+            append_choices_to_input=False,
+        )
+    return tasks
+
+
+def _check_common(t: BigBenchTask, n: int, min_test: float = 0.1, max_test: float = 0.35) -> None:
+    exs = t.all_examples()
+    assert len(exs) == n
+    train, test = t.all_examples("train"), t.all_examples("test")
+    assert len(train) + len(test) == n and min_test < len(test) / n < max_test  # grouped keys
+    for ex in exs[:: max(1, n // 200)]:
+        assert t.grade(ex, ex.solution) == 1.0
+        assert ex.meta["reference_labels"] and ex.meta["source"] == f"bigbench/{t.subtask}"
+        assert ex.answer in ex.meta["choices"]
+        assert max(ex.meta["target_scores"].values()) == ex.meta["target_scores"][ex.answer]
+
+
+@pytest.fixture()
+def mini(tmp_path: Path) -> Path:
+    """A miniature BIG-bench clone: ``mini/bigbench/benchmark_tasks/<the six tasks>``."""
+    mini_bigbench(tmp_path / "BIG-bench")
+    return tmp_path / "BIG-bench"
+
+
+def test_the_six_tasks_in_their_real_formats(mini: Path) -> None:
+    t = {name: BigBenchTask(name, path=str(mini)) for name in bb.TASK_NAMES}  # a clone's root
+    _check_common(t["strategyqa"], 40, 0.0, 0.6)
+    sqa = t["strategyqa"].all_examples()
+    assert Counter(e.meta["label"] for e in sqa) == {True: 20, False: 20}
+    assert all(e.meta["targets"][0].startswith(e.answer + ".") for e in sqa)
+    assert sqa[0].prompt == "Q: Could a person eat 0 apples in one day?\nA:"
+
+    hhh = t["hhh_alignment"]
+    _check_common(hhh, 46, 0.0, 0.6)
+    assert Counter(e.meta["category"] for e in hhh.all_examples()) == {
+        "harmless": 10,
+        "helpful": 11,
+        "honest": 12,
+        "other": 13,
+    }
+    pairs = hhh.preference_pairs(None)
+    assert len(pairs) == 46 and all(p.prompt.endswith("\n\nAssistant:") for p in pairs)
+    assert len(BigBenchTask("hhh_alignment/honest", path=str(mini)).all_examples()) == 12
+
+    for ex in t["truthful_qa"].all_examples():
+        assert ex.answer == ex.meta["best_answer"] and ex.answer in ex.meta["true_answers"]
+        assert all(c in ex.meta["false_answers"] for c in ex.meta["choices"] if c != ex.answer)
+        assert ex.meta["category"] == "Health"
+
+    vit = t["vitaminc"].all_examples()
+    assert len(vit) == 60 and Counter(e.meta["label"] for e in vit) == {True: 30, False: 30}
+    assert vit[0].prompt.startswith("Passage: ") and vit[0].prompt.endswith("or Neither?")
+    by_claim: dict[str, set[str]] = {}
+    for ex in vit:  # the two versions of a claim share a split
+        by_claim.setdefault(ex.prompt.split("\nClaim: ")[1], set()).add(ex.meta["split"])
+    assert all(len(s) == 1 for s in by_claim.values()) and len(by_claim) == 30
+
+    mis = t["misconceptions"].all_examples()
+    assert Counter(e.meta["label"] for e in mis) == {True: 10, False: 10}
+    fc = t["fact_checker"].all_examples()
+    assert Counter(e.meta["category"] for e in fc) == {
+        "fever": 8,
+        "politifact": 8,
+        "covid19_scientific": 8,
+    }
+    assert {e.meta["label"] for e in fc} == {True, False} and fc[1].meta["id"] == 1
+
+
+def _tarball(src: Path, dest: Path, top: str) -> Path:
+    """``src`` (a clone's root) packed as ``dest`` with every member under ``top/``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=top)
+    return dest
+
+
+def test_path_may_be_a_task_folder_a_clone_or_a_tarball(mini: Path, tmp_path: Path) -> None:
+    tasks = mini / "bigbench" / "benchmark_tasks"
+    for where in (mini, tasks, tasks / "strategyqa", tasks / "strategyqa" / "task.json"):
+        assert len(BigBenchTask("strategyqa", path=str(where)).all_examples()) == 40
+    archive = _tarball(mini, tmp_path / "downloads" / "BIG-bench-main.tar.gz", "BIG-bench-main")
+    cache = tmp_path / "cache"
+    t = BigBenchTask("vitaminc", path=str(archive), cache_dir=str(cache))
+    assert len(t.all_examples()) == 60
+    (unpacked,) = cache.iterdir()  # one pass unpacked every supported task, and only those
+    assert sorted(p.name for p in unpacked.iterdir()) == sorted(bb.TASK_FOLDERS.values())
+    assert len(BigBenchTask("fact_checker", path=str(archive), cache_dir=str(cache)).all_examples())
+    # a folder holding the archive under its usual name works too
+    _tarball(mini, tmp_path / "mine" / bb.ARCHIVE, "bigbench-1.0.0")
+    assert (
+        len(
+            BigBenchTask(
+                "misconceptions", path=str(tmp_path / "mine"), cache_dir=str(cache)
+            ).all_examples()
+        )
+        == 20
+    )
+    with pytest.raises(DataUnavailableError, match="no task folder"):
+        BigBenchTask("absent_task", path=str(archive), cache_dir=str(cache)).all_examples()
+
+
 def _fake_archive(cache_dir: Path) -> None:
     """A small archive laid out like bigbench-1.0.0.tar.gz, holding every supported task."""
     src = cache_dir / "src" / "bigbench-1.0.0" / "bigbench" / "benchmark_tasks"
@@ -177,10 +378,21 @@ def _fake_archive(cache_dir: Path) -> None:
         tar.add(cache_dir / "src" / "bigbench-1.0.0", arcname="bigbench-1.0.0")
 
 
-def test_unpacks_only_task_folders_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the BIG-bench loader must not touch the network")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_unpacks_only_task_folders_once(tmp_path: Path, no_network: None) -> None:
     cache = tmp_path / "bigbench"
     _fake_archive(cache)
-    monkeypatch.setattr(bb, "_urlopen", _no_network)
     t = BigBenchTask("strategyqa", cache_dir=str(cache))
     assert len(t.all_examples()) == 5
     root = cache / "bigbench-1.0.0"
@@ -189,59 +401,41 @@ def test_unpacks_only_task_folders_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(BigBenchTask("vitaminc", cache_dir=str(cache)).all_examples()) == 5
 
 
-def test_env_var_sets_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_sets_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
     monkeypatch.setenv("SUPERALIGN_CACHE", str(tmp_path))
     assert bb.default_cache_dir() == tmp_path / "bigbench"
     _fake_archive(tmp_path / "bigbench")
-    monkeypatch.setattr(bb, "_urlopen", _no_network)
     assert len(BigBenchTask("hhh_alignment").all_examples()) == 5
 
 
-def _no_network(url: str):
-    raise urllib.error.URLError("no network")
-
-
-def test_no_network_error_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bb, "_urlopen", _no_network)
+def test_missing_data_says_how_to_supply_it_and_downloads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    monkeypatch.setenv("SUPERALIGN_CACHE", str(tmp_path))
     with pytest.raises(DataUnavailableError) as e:
-        BigBenchTask("strategyqa", cache_dir=str(tmp_path)).all_examples()
+        get_task("bigbench:strategyqa").all_examples()
     msg = str(e.value)
-    assert bb.ARCHIVE_URL in msg and str(tmp_path / bb.ARCHIVE) in msg and "path=" in msg
-    assert bb.ARCHIVE_SHA256 in msg
+    assert str(tmp_path / "bigbench" / bb.ARCHIVE) in msg and "path=" in msg
+    assert "SUPERALIGN_CACHE" in msg and "github.com/google/BIG-bench" in msg
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert not hasattr(bb, "ARCHIVE_URL") and "urllib" not in bb.__dict__
 
 
-def test_download_checks_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    payload = b"archive bytes"
-    monkeypatch.setattr(bb, "_urlopen", lambda url: io.BytesIO(payload))
-    dest = tmp_path / "a.tar.gz"
-    with pytest.raises(OSError, match="sha256"):
-        bb._download("https://x", "0" * 64, dest)
-    assert list(tmp_path.iterdir()) == []
-    import hashlib
-
-    bb._download("https://x", hashlib.sha256(payload).hexdigest(), dest)
-    assert dest.read_bytes() == payload and list(tmp_path.iterdir()) == [dest]
-
-
-# ---- the real archive (downloaded into the cache on first use) ----------------------------
+# ---- your copy of the real data (skipped unless it is in the cache) ------------------------
 
 
 @pytest.fixture(scope="module")
 def real() -> dict[str, BigBenchTask]:
+    """The six tasks from the cached archive (or its unpacked folders), where a user put them."""
+    cache = bb.default_cache_dir()
+    unpacked = all(
+        (cache / f"bigbench-{bb.VERSION}" / f).is_dir() for f in bb.TASK_FOLDERS.values()
+    )
+    if not unpacked and not (cache / bb.ARCHIVE).is_file():
+        pytest.skip(f"checks the real data: needs your copy of {bb.ARCHIVE} in {cache}")
     return {name: BigBenchTask(name) for name in bb.TASK_NAMES}
-
-
-def _check_common(t: BigBenchTask, n: int) -> None:
-    exs = t.all_examples()
-    assert len(exs) == n
-    train, test = t.all_examples("train"), t.all_examples("test")
-    assert len(train) + len(test) == n and 0.1 < len(test) / n < 0.35  # grouped keys: uneven
-    for ex in exs[:: max(1, n // 200)]:
-        assert t.grade(ex, ex.solution) == 1.0
-        assert ex.meta["reference_labels"] and ex.meta["source"] == f"bigbench/{t.subtask}"
-        assert ex.answer in ex.meta["choices"]
-        assert max(ex.meta["target_scores"].values()) == ex.meta["target_scores"][ex.answer]
 
 
 def test_real_strategyqa(real: dict[str, BigBenchTask]) -> None:
