@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from superalign.tasks.arithmetic import ArithmeticTask, parse_answer
+from superalign.tasks.arithmetic import ArithmeticTask, parse_answer, parse_problem
 from superalign.tasks.base import Task
 
 BEHAVIOURS: dict[str, str] = {
@@ -53,19 +53,6 @@ class Behaviour(Protocol):
     """Classifies completions: 1.0 when the completion exhibits the behaviour."""
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]: ...
-
-
-_PROBLEM = re.compile(r"Q:\s*(\d+(?:\s*[+-]\s*\d+)+)")
-_TERM = re.compile(r"([+-]?)\s*(\d+)")
-
-
-def parse_problem(prompt: str) -> tuple[list[int], list[str]] | None:
-    """Operands and operators of the first ``Q: a+b-c`` chain in ``prompt``, or None."""
-    m = _PROBLEM.search(prompt)
-    if not m:
-        return None
-    terms = _TERM.findall(m[1])
-    return [int(x) for _, x in terms], [op for op, _ in terms[1:]]
 
 
 @dataclass

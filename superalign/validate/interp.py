@@ -52,6 +52,7 @@ import torch
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_write_json
 from superalign.tasks import get_task
+from superalign.tasks.arithmetic import parse_problem
 from superalign.validate import activations as A
 from superalign.validate.autointerp import LLMExplainer, explain_latents, heuristic_explain
 from superalign.validate.probes import contrast_dataset, cv_probe, mean_difference
@@ -418,10 +419,9 @@ def _answer_flips(model, tokenizer, texts, pos, hook, edit, signs) -> float:
 
 
 def _parse_problem(prompt: str) -> tuple[int, str, int]:
-    body = prompt[3:].strip()
-    op = "+" if "+" in body else "-"
-    a, b = body.split(op)
-    return int(a), op, int(b)
+    """``(a, op, b)`` of a one-step problem ``"Q: a<op>b"``."""
+    (a, b), (op,) = parse_problem(prompt)
+    return a, op, b
 
 
 # --- plots --------------------------------------------------------------------------------------

@@ -20,10 +20,10 @@ import torch
 from superalign.config import ConfigError, load_config
 from superalign.generalize.easy_to_hard import EasyToHardConfig, check_levels
 from superalign.generalize.pgr import pgr
-from superalign.generalize.weak_to_strong import corrupt
 from superalign.runs import read_metrics
 from superalign.stages import STAGES, execute
 from superalign.tasks import get_task
+from superalign.tasks.arithmetic import corrupt
 
 SFT = ["n_train=600", "max_steps=60", "batch_size=16", "lr=1e-3", "eval_n=20", "threads=1"]
 SFT += ["eval_difficulties=[2]", "max_new_tokens=24", "checkpoint_every=0"]
