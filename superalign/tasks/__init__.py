@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from superalign.tasks.base import Example, Task, split_of
+from superalign.tasks.base import Example, Task, split_examples, split_of
 
-__all__ = ["Example", "Task", "TASKS", "get_task", "split_of"]
+__all__ = ["Example", "Task", "TASKS", "get_task", "split_examples", "split_of"]
 
 
 def _arithmetic(**kw: Any) -> Task:

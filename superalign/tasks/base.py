@@ -8,6 +8,7 @@ of that completion; ``grade`` scores any completion against gold in [0, 1].
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -73,3 +74,19 @@ def split_of(key: str, test_percent: int = 20) -> str:
     """Assign an item to "test" or "train" by a stable hash of its identity, so splits are
     disjoint and do not depend on the seed that drew the item."""
     return "test" if stable_bucket(key) < test_percent else "train"
+
+
+def split_examples(
+    task: Task, split: str, n: int, difficulties: Sequence[int | None], seed: int
+) -> list[Example]:
+    """``n`` examples of ``split``, spread evenly over ``difficulties`` (the first levels get
+    the remainder; ``[None]``: the task's default mix), deterministic for ``seed``.
+
+    Every stage draws its held-out evaluation items with this (``split="test"``), and its
+    training prompts too, so that two stages given the same levels and seed see the same items.
+    """
+    k = len(difficulties)
+    out: list[Example] = []
+    for i, d in enumerate(difficulties):
+        out += task.examples(split, n // k + (i < n % k), d, seed=seed)
+    return out
