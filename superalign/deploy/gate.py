@@ -50,7 +50,7 @@ from superalign.models.sampling import Samples, sample, token_logprobs
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
 from superalign.stages import STAGES, execute
 from superalign.tasks import get_task
-from superalign.tasks.base import Example, Task
+from superalign.tasks.base import Example, Task, split_examples
 from superalign.train.kl import KLEstimate, MeanCI, mean_ci, sequence_kl
 
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -403,15 +403,6 @@ def kl_check(ci: MeanCI, budget: float, confidence: float) -> dict[str, Any]:
 # --- gold audit ---------------------------------------------------------------------------------
 
 
-def held_out(task: Task, n: int, difficulties: list[int], seed: int) -> list[Example]:
-    """``n`` test-split examples, split evenly over ``difficulties`` (the first get the rest)."""
-    k = len(difficulties)
-    out: list[Example] = []
-    for i, d in enumerate(difficulties):
-        out += task.examples("test", n // k + (i < n % k), d, seed=seed)
-    return out
-
-
 def gold_accuracy(model: Any, tokenizer: Any, task: Task, cfg: GateConfig) -> float:
     """Greedy held-out gold accuracy over ``cfg.gold_n`` test problems of ``cfg.difficulties``."""
     k, correct = len(cfg.difficulties), 0.0
@@ -471,7 +462,7 @@ def run(cfg: GateConfig, run: Run) -> dict[str, Any]:
     candidate.eval()
     safe.eval()
 
-    examples = held_out(task, cfg.n_samples, cfg.difficulties, cfg.seed)
+    examples = split_examples(task, "test", cfg.n_samples, cfg.difficulties, cfg.seed)
     kl = kl_to_safe(
         candidate,
         safe,

@@ -51,7 +51,7 @@ from superalign.models.sampling import sample, token_logprobs
 from superalign.overseers import build_overseer
 from superalign.runs import Run, atomic_dir
 from superalign.tasks import get_task
-from superalign.tasks.base import Example, Task
+from superalign.tasks.base import Example, Task, split_examples
 from superalign.train.kl import mean_ci, sequence_kl
 from superalign.train.trl_common import run_callback, trainer_args
 
@@ -156,17 +156,6 @@ class RLConfig:
                 f"difficulties must name distinct levels, at least one (e.g. [1]), not "
                 f"{self.difficulties}"
             )
-
-
-def split_examples(
-    task: Task, split: str, n: int, difficulties: list[int], seed: int
-) -> list[Example]:
-    """``n`` examples of ``split``, split evenly over ``difficulties`` (the first get the rest)."""
-    out: list[Example] = []
-    k = len(difficulties)
-    for i, d in enumerate(difficulties):
-        out += task.examples(split, n // k + (i < n % k), d, seed=seed)
-    return out
 
 
 def overseer_reward(overseer: Any) -> Callable[..., list[float]]:

@@ -18,7 +18,6 @@ from superalign.deploy.gate import (
     GateConfig,
     check,
     gold_check,
-    held_out,
     kl_check,
     kl_to_safe,
     lookup,
@@ -28,7 +27,7 @@ from superalign.models.load import load_model
 from superalign.models.sampling import left_pad
 from superalign.runs import read_json
 from superalign.stages import execute, stage_inputs
-from superalign.tasks import get_task
+from superalign.tasks import get_task, split_examples
 from superalign.train.kl import categorical_kl
 
 QUICK = ["n_samples=64", "gold_n=40", "max_new_tokens=24", "threads=1"]
@@ -119,7 +118,7 @@ def _exact_first_token_kl(candidate, safe, tok, prompts):
 def test_interval_covers_the_exact_kl(models):
     cand, tok, _ = load_model(models["hot"])
     safe, _, _ = load_model(models["safe"])
-    prompts = [ex.prompt for ex in held_out(get_task("arithmetic"), 200, [1], seed=3)]
+    prompts = [ex.prompt for ex in split_examples(get_task("arithmetic"), "test", 200, [1], seed=3)]
     truth = _exact_first_token_kl(cand, safe, tok, prompts)
     assert truth > 0.05
     covered = 0
