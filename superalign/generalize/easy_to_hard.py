@@ -49,7 +49,7 @@ from superalign.models.sampling import sample
 from superalign.overseers.build import build_overseer
 from superalign.overseers.reward_model import RewardModelOverseer
 from superalign.runs import Run, read_json
-from superalign.tasks import get_task
+from superalign.tasks import get_task, split_examples
 from superalign.train.best_of_n import best_of_n_mean
 from superalign.train.preferences import read_preferences
 from superalign.train.sft import completion_loss
@@ -156,11 +156,7 @@ def _estimate(e: Estimate) -> dict[str, float]:
 
 def hard_examples(cfg: EasyToHardConfig, task: Any, n: int) -> list[Any]:
     """``n`` held-out test problems spread evenly over the hard levels."""
-    k = len(cfg.hard)
-    out = []
-    for i, d in enumerate(cfg.hard):
-        out += task.examples("test", n // k + (i < n % k), d, seed=cfg.seed)
-    return out
+    return split_examples(task, "test", n, cfg.hard, cfg.seed)
 
 
 def policy_scores(
