@@ -59,7 +59,7 @@ from superalign.models.load import load_model
 from superalign.models.sampling import sample
 from superalign.overseers import build_overseer
 from superalign.runs import Run, atomic_write_text
-from superalign.tasks import get_task
+from superalign.tasks import get_task, split_examples
 from superalign.train.kl import (
     best_of_n_distribution,
     best_of_n_kl_bound,
@@ -174,11 +174,7 @@ def best_of_n_empirical_kl(proxy: Any, n: int) -> float:
 
 def prompts_for(cfg: BestOfNConfig, task: Any) -> list[Any]:
     """``n_prompts`` held-out test examples, split evenly over ``difficulties``."""
-    k = len(cfg.difficulties)
-    out = []
-    for i, d in enumerate(cfg.difficulties):
-        out += task.examples("test", cfg.n_prompts // k + (i < cfg.n_prompts % k), d, seed=cfg.seed)
-    return out
+    return split_examples(task, "test", cfg.n_prompts, cfg.difficulties, cfg.seed)
 
 
 def run(cfg: BestOfNConfig, run: Run) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
 from superalign.models.sampling import sample, token_logprobs
 from superalign.runs import Run, atomic_dir
-from superalign.tasks import get_task
+from superalign.tasks import get_task, split_examples
 from superalign.train.kl import mean_ci, sequence_kl
 from superalign.train.preferences import read_preferences
 from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
@@ -297,7 +297,7 @@ def kl_prompts(cfg: DPOStageConfig, test_pairs: list[dict[str, Any]], task: Any)
     test split."""
     pool = list(dict.fromkeys(r["prompt"] for r in test_pairs))
     if not pool:
-        pool = [ex.prompt for ex in task.examples("test", cfg.kl_n, None, seed=cfg.seed)]
+        pool = [ex.prompt for ex in split_examples(task, "test", cfg.kl_n, [None], cfg.seed)]
     return [pool[i % len(pool)] for i in range(cfg.kl_n)]
 
 

@@ -61,7 +61,7 @@ import torch
 from superalign.overseers.build import build_overseer
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks import get_task
-from superalign.tasks.base import Example, Task
+from superalign.tasks.base import Example, Task, split_examples
 
 FILE = "preferences.jsonl"
 FIELDS = ("prompt", "chosen", "rejected", "split", "p_chosen", "gold_chosen", "gold_rejected")
@@ -168,11 +168,7 @@ def run(cfg: PreferencesConfig, run: Run) -> dict[str, Any]:
 
 def prompts_for(cfg: PreferencesConfig, task: Task, split: str, n: int) -> list[Example]:
     """``n`` examples of ``split``, split evenly over ``cfg.difficulties``."""
-    out: list[Example] = []
-    k = len(cfg.difficulties)
-    for i, d in enumerate(cfg.difficulties):
-        out += task.examples(split, n // k + (i < n % k), d, seed=cfg.seed)
-    return out
+    return split_examples(task, split, n, cfg.difficulties, cfg.seed)
 
 
 def policy_pairs(cfg: PreferencesConfig) -> tuple[list[dict[str, Any]], dict[str, Any], dict]:
