@@ -7,11 +7,12 @@ then writes a machine-readable verdict into ``verdict.json`` (and ``summary.json
 1. **KL(candidate || safe) on the task distribution.** ``n_samples`` held-out **test** prompts
    (split evenly over ``difficulties``) each get one completion sampled from the candidate at
    temperature 1 with no filtering (:func:`~superalign.models.sampling.sample` records each
-   token's log-prob); the safe policy scores the same tokens teacher-forced
-   (:func:`~superalign.models.sampling.token_logprobs`). Per sequence, the k3 and k1 estimators
-   of :func:`~superalign.train.kl.sequence_kl` estimate the sequence-level KL; their mean over
-   prompts, with a normal-approximation interval (:func:`~superalign.train.kl.mean_ci`), is
-   KL(candidate || safe) averaged over the task's prompts.
+   token's log-prob); the safe policy scores the same tokens teacher-forced. Per sequence, the
+   k3 and k1 estimators of :func:`~superalign.train.kl.sequence_kl` estimate the sequence-level
+   KL; their mean over prompts, with a normal-approximation interval, is KL(candidate || safe)
+   averaged over the task's prompts. This is :func:`~superalign.train.kl.policy_kl`, the KL
+   measurement rl and dpo log too; ``policy/truncated`` is the share of completions cut at
+   ``max_new_tokens``.
    **Rule: the KL check passes iff the upper bound of the k3 interval is <= ``kl_budget``**, so a
    candidate is admitted only when the data rule out (at the one-sided 97.5% level, for the
    default two-sided 95% interval) a KL above the budget; too few samples fail, never pass.
@@ -39,19 +40,18 @@ import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from superalign.config import ConfigError, check_at_least, from_dict
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
-from superalign.models.sampling import Samples, sample, token_logprobs
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
 from superalign.stages import STAGES, execute
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task, split_examples
-from superalign.train.kl import KLEstimate, MeanCI, mean_ci, sequence_kl
+from superalign.train.kl import MeanCI, SampleKL, policy_kl
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -297,71 +297,9 @@ def run_audit(audit: Audit, candidate: str, root: Path) -> dict[str, Any]:
 # --- KL(candidate || safe) --------------------------------------------------------------------
 
 
-class KLToSafe(NamedTuple):
-    """Per-sequence KL estimates of completions sampled from the candidate, and their interval."""
-
-    samples: Samples
-    per_sequence: KLEstimate
-    """k1, k2, k3 per completion, each [n]."""
-    ci: MeanCI
-    """Mean of k3 with its interval."""
-    metrics: dict[str, float]
-    """``kl/ref``, ``kl/ref_k1``, ``kl/ref_low``, ``kl/ref_high``, ``policy/entropy``,
-    ``policy/length``, ``policy/truncated`` (the reference being the safe policy)."""
-
-
 def z_for(confidence: float) -> float:
     """The normal quantile of a two-sided ``confidence`` interval (0.95 -> 1.96)."""
     return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def _right_pad(rows: list[list[float]]) -> torch.Tensor:
-    """Ragged rows, right-padded with zeros into [batch, max_len]."""
-    out = torch.zeros(len(rows), max((len(r) for r in rows), default=1) or 1, dtype=torch.float64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
-    return out
-
-
-def kl_to_safe(
-    candidate: Any,
-    safe: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    seed: int,
-    confidence: float = 0.95,
-    batch_size: int = 64,
-) -> KLToSafe:
-    """Sample one completion per prompt from ``candidate`` (temperature 1, unfiltered), score the
-    same tokens under ``safe`` and estimate KL(candidate || safe) of whole completions."""
-    s = sample(
-        candidate,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=1.0,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    lp_safe = token_logprobs(
-        safe, s.prompt_ids, s.completion_ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size
-    )
-    lp_cand, lp_ref = _right_pad(s.logprobs), _right_pad(lp_safe)  # [n, tokens]
-    mask = _right_pad([[1.0] * len(c) for c in s.completion_ids])  # [n, tokens]
-    est = sequence_kl(lp_cand, lp_ref, mask)
-    ci = mean_ci(est.k3, z=z_for(confidence))
-    metrics = {
-        "kl/ref": ci.mean,
-        "kl/ref_k1": float(est.k1.mean()),
-        "kl/ref_low": ci.low,
-        "kl/ref_high": ci.high,
-        "policy/entropy": float(-(lp_cand * mask).sum(-1).mean()),
-        "policy/length": float(mask.sum(-1).mean()),
-        "policy/truncated": 1.0 - sum(s.finished) / len(s.finished),
-    }
-    return KLToSafe(s, est, ci, metrics)
 
 
 def check_same_tokenizer(candidate_tok: Any, safe_tok: Any, candidate: str, safe: str) -> None:
@@ -463,21 +401,21 @@ def run(cfg: GateConfig, run: Run) -> dict[str, Any]:
     safe.eval()
 
     examples = split_examples(task, "test", cfg.n_samples, cfg.difficulties, cfg.seed)
-    kl = kl_to_safe(
+    kl = policy_kl(
         candidate,
         safe,
         tokenizer,
         [ex.prompt for ex in examples],
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
-        confidence=cfg.confidence,
+        z=z_for(cfg.confidence),
         batch_size=cfg.batch_size,
     )
     _write_samples(run, examples, kl, task)
-    kl_record = kl_check(kl.ci, cfg.kl_budget, cfg.confidence)  # type: ignore[arg-type]
-    kl_record["k1"] = kl.metrics["kl/ref_k1"]
+    kl_record = kl_check(kl.k3, cfg.kl_budget, cfg.confidence)  # type: ignore[arg-type]
+    kl_record["k1"] = kl.k1.mean
 
-    records, figures = [], dict(kl.metrics)
+    records, figures = [], kl.metrics()
     if cfg.gold_tolerance is not None:
         acc_c = gold_accuracy(candidate, tokenizer, task, cfg)
         acc_s = gold_accuracy(safe, safe_tokenizer, task, cfg)
@@ -504,7 +442,7 @@ def run(cfg: GateConfig, run: Run) -> dict[str, Any]:
     return {**verdict, **figures, "verdict_file": "verdict.json", "samples": "samples.jsonl"}
 
 
-def _write_samples(run: Run, examples: list[Example], kl: KLToSafe, task: Task) -> None:
+def _write_samples(run: Run, examples: list[Example], kl: SampleKL, task: Task) -> None:
     """``samples.jsonl``: each prompt, the candidate's completion, its k3 and k1 and its gold."""
     rows = []
     for j, ex in enumerate(examples):

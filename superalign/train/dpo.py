@@ -34,11 +34,12 @@ Metrics (``metrics.jsonl``):
 - ``eval/pref_margin_before``, ``eval/pref_margin``: mean implicit-reward margin on test pairs;
 - ``eval/pref_gold_accuracy_before``, ``eval/pref_gold_accuracy``: as ``eval/pref_accuracy``,
   against gold instead of the file's labels (test pairs whose two gold scores differ);
-- ``kl/ref``, ``kl/ref_k1``, ``kl/ref_low``, ``kl/ref_high``: KL(policy || reference) on
-  ``kl_n`` completions sampled (temperature 1) from the test pairs' prompts: mean k3, mean k1
-  and the 95% interval of the k3 mean, in nats per sequence;
-- ``policy/entropy``, ``policy/length``: mean ``-sum log pi`` and mean token count of those
-  samples.
+- ``kl/ref``, ``kl/ref_k1``, ``kl/ref_low``, ``kl/ref_high``, ``kl/ref_n``: KL(policy ||
+  reference) on ``kl_n`` completions sampled (temperature 1) from the test pairs' prompts: mean
+  k3, mean k1, the 95% interval of the k3 mean (nats per sequence) and the completions counted,
+  by :func:`~superalign.train.kl.policy_kl`, the one KL measurement;
+- ``policy/entropy``, ``policy/length``, ``policy/truncated``: mean ``-sum log pi``, mean token
+  count of those samples and the share cut at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ import torch
 
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
-from superalign.models.sampling import sample, token_logprobs
+from superalign.models.sampling import token_logprobs
 from superalign.runs import Run, atomic_dir
 from superalign.tasks import get_task, split_examples
-from superalign.train.kl import mean_ci, sequence_kl
+from superalign.train.kl import policy_kl
 from superalign.train.preferences import read_preferences
 from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
 
@@ -262,34 +263,12 @@ def label_gold_agreement(pairs: list[dict[str, Any]]) -> float | None:
 def kl_to_reference(
     policy: Any, reference: Any, tokenizer: Any, prompts: list[str], cfg: DPOStageConfig
 ) -> dict[str, float]:
-    """k3/k1 KL(policy || reference), entropy and length on fresh samples of ``prompts``."""
-    samples = sample(
-        policy,
-        tokenizer,
-        prompts,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=1.0,
-        seed=cfg.seed,
+    """``kl/ref*`` and ``policy/*`` of :func:`~superalign.train.kl.policy_kl` on fresh samples
+    of ``prompts``."""
+    kl = policy_kl(
+        policy, reference, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
     )
-    ref = token_logprobs(
-        reference, samples.prompt_ids, samples.completion_ids, pad_id=tokenizer.pad_token_id
-    )
-    width = max(1, max(len(c) for c in samples.completion_ids))
-
-    def padded(rows: list[list[float]]) -> torch.Tensor:
-        return torch.tensor([r + [0.0] * (width - len(r)) for r in rows])  # [n, width]
-
-    mask = padded([[1.0] * len(c) for c in samples.completion_ids])
-    kl = sequence_kl(padded(samples.logprobs), padded(ref), mask)
-    k3 = mean_ci(kl.k3)
-    return {
-        "kl/ref": k3.mean,
-        "kl/ref_k1": float(kl.k1.mean()),
-        "kl/ref_low": k3.low,
-        "kl/ref_high": k3.high,
-        "policy/entropy": -sum(sum(r) for r in samples.logprobs) / len(prompts),
-        "policy/length": float(mask.sum(-1).mean()),
-    }
+    return kl.metrics()
 
 
 def kl_prompts(cfg: DPOStageConfig, test_pairs: list[dict[str, Any]], task: Any) -> list[str]:

@@ -12,14 +12,25 @@ KL divergence", 2020):
 
 k1 and k3 are unbiased for the sequence KL because E[k_t | y_<t] is the per-token KL given the
 prefix and, by the chain rule, their sum over t is KL(pi || ref) of whole sequences.
+
+**The one measurement.** :func:`kl_of_samples` is the only place a stage measures
+KL(policy || reference) of sampled completions (rl's ``kl/ref``, dpo's ``kl/ref``, the gate's
+criterion): the sampling log-probs that :func:`~superalign.models.sampling.sample` recorded,
+the same tokens scored teacher-forced under the reference, both right-padded in float64, k1 and
+k3 per sequence, and the mean of k3 with its interval. Completions that hit ``max_new_tokens``
+before EOS or a stop string are counted (``policy/truncated``): their KL is that of the first
+``max_new_tokens`` tokens, a lower bound on the KL of the completions the policy would finish.
+:func:`policy_kl` samples at temperature 1 (what the estimators assume) and calls it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+
+from superalign.models.sampling import Samples, sample, token_logprobs
 
 
 class KLEstimate(NamedTuple):
@@ -63,6 +74,99 @@ def mean_ci(values: torch.Tensor | list[float], z: float = 1.96) -> MeanCI:
     m = float(x.mean())
     se = float(x.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("inf")
     return MeanCI(m, m - z * se, m + z * se, n)
+
+
+def right_pad(rows: list[list[float]]) -> torch.Tensor:
+    """Ragged rows right-padded with zeros into a float64 [batch, max_len] (max_len >= 1)."""
+    out = torch.zeros(len(rows), max((len(r) for r in rows), default=1) or 1, dtype=torch.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
+    return out
+
+
+class SampleKL(NamedTuple):
+    """KL(policy || reference) of completions sampled from the policy, all in float64."""
+
+    samples: Samples
+    per_sequence: KLEstimate
+    """k1, k2, k3 of each completion, each [n]."""
+    k3: MeanCI
+    """Mean k3 over completions with its interval: the KL reported as ``kl/ref``."""
+    k1: MeanCI
+    """Mean k1 with its interval (unbiased too, noisier, can be negative)."""
+    truncated: int
+    """Completions that hit ``max_new_tokens`` without finishing (their KL is of a prefix)."""
+    entropy: float
+    """Mean ``-sum_t log pi(y_t | y_<t)`` over completions: a one-sample estimate of the
+    policy's sequence entropy (nats)."""
+    length: float
+    """Mean completion length in tokens."""
+
+    def metrics(self) -> dict[str, float]:
+        """``kl/ref``, ``kl/ref_low``, ``kl/ref_high`` (k3 and its interval), ``kl/ref_k1``,
+        ``kl/ref_n`` (completions), ``policy/entropy``, ``policy/length`` and
+        ``policy/truncated`` (share of completions cut at ``max_new_tokens``)."""
+        n = self.k3.n
+        return {
+            "kl/ref": self.k3.mean,
+            "kl/ref_k1": self.k1.mean,
+            "kl/ref_low": self.k3.low,
+            "kl/ref_high": self.k3.high,
+            "kl/ref_n": float(n),
+            "policy/entropy": self.entropy,
+            "policy/length": self.length,
+            "policy/truncated": self.truncated / n,
+        }
+
+
+def kl_of_samples(
+    samples: Samples, reference: Any, pad_id: int, *, z: float = 1.96, batch_size: int = 64
+) -> SampleKL:
+    """KL(policy || ``reference``) of ``samples`` drawn from the policy at temperature 1 without
+    filtering: their recorded log-probs against the same tokens scored under ``reference``
+    (whose tokenizer must be the policy's); ``z`` sets the interval (1.96: 95%)."""
+    if not len(samples):
+        raise ValueError("kl_of_samples needs at least one sampled completion")
+    ref = token_logprobs(
+        reference, samples.prompt_ids, samples.completion_ids, pad_id=pad_id, batch_size=batch_size
+    )
+    lp_policy, lp_ref = right_pad(samples.logprobs), right_pad(ref)  # [n, tokens]
+    mask = right_pad([[1.0] * len(c) for c in samples.completion_ids])  # [n, tokens]
+    est = sequence_kl(lp_policy, lp_ref, mask)
+    return SampleKL(
+        samples=samples,
+        per_sequence=est,
+        k3=mean_ci(est.k3, z=z),
+        k1=mean_ci(est.k1, z=z),
+        truncated=sum(not f for f in samples.finished),
+        entropy=float(-(lp_policy * mask).sum(-1).mean()),
+        length=float(mask.sum(-1).mean()),
+    )
+
+
+def policy_kl(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    seed: int,
+    z: float = 1.96,
+    batch_size: int = 64,
+) -> SampleKL:
+    """Sample one completion per prompt from ``policy`` (temperature 1, unfiltered, ``seed``)
+    and measure its KL to ``reference`` with :func:`kl_of_samples`."""
+    s = sample(
+        policy,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    return kl_of_samples(s, reference, tokenizer.pad_token_id, z=z, batch_size=batch_size)
 
 
 def categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,10 @@ preparation).
 Gold accounting (a ``TrainerCallback``, main process only): at step 0, every ``eval_every``
 steps and at the end it samples **fresh** completions (temperature 1, the same seed each time)
 of ``eval_n`` held-out **test** prompts from the current policy, and logs the proxy and gold
-rewards, the sequence-level KL(policy || reference) with its 95% interval (log-probs of the
-sampling policy from :func:`~superalign.models.sampling.sample`, of the reference from
-:func:`~superalign.models.sampling.token_logprobs`), the policy's entropy and length, and greedy
-gold accuracy. See ``docs/stages/rl.md`` for every metric.
+rewards, the sequence-level KL(policy || reference) with its 95% interval and the share of
+completions truncated at ``max_new_tokens`` (all from :func:`~superalign.train.kl.kl_of_samples`,
+the one KL measurement), the policy's entropy and length, and greedy gold accuracy. See
+``docs/stages/rl.md`` for every metric.
 
 TRL's checkpoints (weights, optimizer, scheduler, RNG) go under ``checkpoint/`` with a
 ``step.json`` marker, so a killed run resumes; ``model/`` at the end makes the run folder a
@@ -47,12 +47,11 @@ from transformers import TrainerCallback
 
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
-from superalign.models.sampling import sample, token_logprobs
 from superalign.overseers import build_overseer
 from superalign.runs import Run, atomic_dir
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task, split_examples
-from superalign.train.kl import mean_ci, sequence_kl
+from superalign.train.kl import policy_kl
 from superalign.train.trl_common import run_callback, trainer_args
 
 TRL_METRICS: dict[str, str] = {
@@ -172,15 +171,6 @@ def overseer_reward(overseer: Any) -> Callable[..., list[float]]:
 # --- gold accounting --------------------------------------------------------------------------
 
 
-def _pad(rows: list[list[float]]) -> torch.Tensor:
-    """Right-pad ragged rows with zeros into [batch, max_len]."""
-    width = max((len(r) for r in rows), default=0)
-    out = torch.zeros(len(rows), max(width, 1), dtype=torch.float64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float64)
-    return out
-
-
 def gold_accounting(
     policy: Any,
     reference: Any,
@@ -193,28 +183,18 @@ def gold_accounting(
     max_new_tokens: int,
     difficulties: list[int],
 ) -> dict[str, float]:
-    """Proxy and gold reward, KL(policy || reference), entropy and length of fresh samples
+    """Proxy and gold reward, KL(policy || reference) (:func:`~superalign.train.kl.policy_kl`:
+    ``kl/ref*``, ``policy/entropy``, ``policy/length``, ``policy/truncated``) of fresh samples
     (temperature 1, ``seed``) of the held-out ``examples``, and greedy gold accuracy."""
     prompts = [ex.prompt for ex in examples]
-    s = sample(
-        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed
-    )
-    ref = token_logprobs(reference, s.prompt_ids, s.completion_ids, pad_id=tokenizer.pad_token_id)
-    lp_policy, lp_ref = _pad(s.logprobs), _pad(ref)  # [batch, tokens]
-    mask = _pad([[1.0] * len(c) for c in s.completion_ids])
-    kl = sequence_kl(lp_policy, lp_ref, mask)
-    ci = mean_ci(kl.k3)
-    proxy = overseer.score(prompts, s.texts)
-    gold = [task.grade(ex, c) for ex, c in zip(examples, s.texts)]
+    kl = policy_kl(policy, reference, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    texts = kl.samples.texts
+    proxy = overseer.score(prompts, texts)
+    gold = [task.grade(ex, c) for ex, c in zip(examples, texts)]
     out = {
         "reward/proxy": sum(proxy) / len(proxy),
         "reward/gold": sum(gold) / len(gold),
-        "kl/ref": ci.mean,
-        "kl/ref_k1": float(kl.k1.mean()),
-        "kl/ref_low": ci.low,
-        "kl/ref_high": ci.high,
-        "policy/entropy": float(-(lp_policy * mask).sum(-1).mean()),
-        "policy/length": float(mask.sum(-1).mean()),
+        **kl.metrics(),
     }
     correct, total = 0.0, 0
     for d in difficulties:
@@ -310,6 +290,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["reward/proxy_peak"] = max(r["reward/proxy"] for r in rows)
     out["kl/ref_at_gold_peak"] = peak["kl/ref"]
     out["kl/ref_final"] = last["kl/ref"]
+    for name in ("kl/ref_low", "kl/ref_high", "policy/truncated"):  # rows from older runs lack them
+        if name in last:
+            out[f"{name}_final"] = last[name]
+    if "kl/ref_n" in last:
+        out["kl/ref_n"] = last["kl/ref_n"]
     return out
 
 

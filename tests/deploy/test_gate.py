@@ -19,7 +19,6 @@ from superalign.deploy.gate import (
     check,
     gold_check,
     kl_check,
-    kl_to_safe,
     lookup,
     parse_audit,
 )
@@ -28,7 +27,7 @@ from superalign.models.sampling import left_pad
 from superalign.runs import read_json
 from superalign.stages import execute, stage_inputs
 from superalign.tasks import get_task, split_examples
-from superalign.train.kl import categorical_kl
+from superalign.train.kl import categorical_kl, policy_kl
 
 QUICK = ["n_samples=64", "gold_n=40", "max_new_tokens=24", "threads=1"]
 
@@ -123,10 +122,10 @@ def test_interval_covers_the_exact_kl(models):
     assert truth > 0.05
     covered = 0
     for seed in range(5):
-        est = kl_to_safe(cand, safe, tok, prompts, max_new_tokens=1, seed=seed)
-        assert est.metrics["policy/length"] == 1.0
-        covered += est.ci.low <= truth <= est.ci.high
-        assert abs(est.ci.mean - truth) < 4 * (est.ci.high - est.ci.low) / 3.92
+        est = policy_kl(cand, safe, tok, prompts, max_new_tokens=1, seed=seed)
+        assert est.metrics()["policy/length"] == 1.0
+        covered += est.k3.low <= truth <= est.k3.high
+        assert abs(est.k3.mean - truth) < 4 * (est.k3.high - est.k3.low) / 3.92
     assert covered >= 4, covered  # a 95% interval, 5 independent draws
 
 
