@@ -20,7 +20,8 @@ How a pair is labelled:
 
 ``source="hhh_alignment"`` takes the pairs from data instead: BIG-bench's HHH alignment
 (:meth:`superalign.tasks.bigbench.BigBenchTask.preference_pairs`), ``p_chosen`` 1.0 and gold the
-data's ``target_scores``; no model or overseer is used.
+data's ``target_scores``; no model or overseer is used. It needs the user's copy of BIG-bench
+(``task_options: {path: ...}`` or the cached archive): nothing is downloaded.
 
 File format (the contract between stages): ``preferences.jsonl`` in the run folder, one JSON
 object per line with
@@ -95,7 +96,8 @@ class PreferencesConfig:
     """Task family whose prompts are completed and whose gold grader grades the completions."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Options of the task family; with ``source=hhh_alignment``, options of ``BigBenchTask``
-    (e.g. ``{subtask: hhh_alignment/honest}``, ``{path: my/bigbench/tasks}``)."""
+    (e.g. ``{subtask: hhh_alignment/honest}``, ``{path: ~/BIG-bench}``: your copy, required
+    unless the archive is in the cache)."""
     difficulties: list[int] = field(default_factory=lambda: [1, 2])
     """Difficulty levels the prompts are drawn from (split evenly across them)."""
     n_train_prompts: int = 1000
