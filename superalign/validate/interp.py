@@ -6,7 +6,10 @@ steering check on one model.
 1. **probes**: for each contrast dataset in ``datasets`` (:data:`~superalign.validate.probes.
    DATASETS`, or a JSON-lines file of ``{"text", "label"}``), captures
    ``blocks.{i}.hook_resid_post`` at every layer in ``layers`` at each text's last token (or the
-   mean over its tokens) and fits a cross-validated logistic-regression probe per layer;
+   mean over its tokens), deduplicates the texts, holds out ``test_share`` of their groups
+   (entities, problems) as a test split, chooses the layer by grouped cross-validation on the
+   rest and reports that layer's logistic-regression probe on the test split
+   (:func:`~superalign.validate.probes.probe_layers`);
 2. **sae**: streams ``blocks.{sae_layer}.hook_resid_post`` of ``sae_texts`` texts of the task's
    pretraining corpus (train split) to disk in safetensors chunks, trains a TopK SAE on the
    tokens of the first ``1 - sae_heldout`` of the texts and measures FVU, L0 and dead latents on
@@ -24,9 +27,12 @@ steering check on one model.
 Metrics (``metrics.jsonl``; step 0 unless said otherwise), all documented in
 docs/stages/interp.md:
 
-- ``probe/<dataset>/auroc``, ``probe/<dataset>/auroc_std``, ``probe/<dataset>/accuracy``,
-  ``probe/<dataset>/layer``: the best layer's held-out AUROC (mean and std over folds) and
-  accuracy, and that layer; ``probe/<dataset>/auroc_by_layer`` at step = layer;
+- ``probe/<dataset>/auroc``, ``probe/<dataset>/auroc_low``, ``probe/<dataset>/auroc_high``,
+  ``probe/<dataset>/accuracy``, ``probe/<dataset>/n``: the chosen layer's AUROC on the held-out
+  test groups with its 95% bootstrap interval (over test groups), its accuracy and the test
+  texts scored; ``probe/<dataset>/layer``; ``probe/<dataset>/n_texts``, ``probe/<dataset>/n_groups``:
+  distinct texts and groups used; ``probe/<dataset>/auroc_by_layer`` (and ``auroc_std_by_layer``)
+  at step = layer: cross-validated AUROC on the non-test groups, what the layer is chosen by;
 - ``sae/loss`` at step = SAE step (every 50); ``sae/fvu``, ``sae/l0``, ``sae/dead_fraction`` on
   held-out activations, ``sae/fvu_train`` on the training ones;
 - ``autointerp/score_mean``, ``autointerp/score_median``, ``autointerp/n``,
@@ -55,7 +61,7 @@ from superalign.tasks import get_task
 from superalign.tasks.arithmetic import parse_problem
 from superalign.validate import activations as A
 from superalign.validate.autointerp import LLMExplainer, explain_latents, heuristic_explain
-from superalign.validate.probes import contrast_dataset, cv_probe, mean_difference
+from superalign.validate.probes import contrast_dataset, mean_difference, probe_layers
 from superalign.validate.sae import SAEConfig, sae_stats, save_sae, train_sae
 
 
@@ -75,13 +81,18 @@ class InterpConfig:
     (arith_true_false, arith_op, facts_true_false, facts_belief) or paths to JSON-lines files of
     ``{"text": ..., "label": 0|1}`` (e.g. triggered vs untriggered prompts)."""
     n_probe: int = 400
-    """Texts per built-in contrast dataset (half of each label)."""
+    """Rows per built-in contrast dataset (half of each label); repeated texts are dropped
+    before probing, so fewer distinct texts may be used (``n_texts`` in the summary)."""
     layers: list[int] = field(default_factory=list)
     """Blocks whose ``hook_resid_post`` is probed; empty: all."""
     position: Literal["last", "mean"] = "last"
     """Probe features: the activation at each text's last token, or the mean over its tokens."""
     folds: int = 5
-    """Cross-validation folds of the probes."""
+    """Grouped cross-validation folds on the non-test groups, over which each layer is scored
+    to choose the probe's layer."""
+    test_share: float = 0.25
+    """Share of each contrast dataset's groups (entities, problems) held out as the test split:
+    never used to fit a probe or choose its layer; the reported AUROC is on it."""
     probe_c: float = 1.0
     """Inverse L2 strength of the logistic regression (on standardized features)."""
     sae_layer: int = -1
@@ -142,6 +153,8 @@ class InterpConfig:
         check_at_least(self, 0, "sae_aux_k", "n_explain", "explain_random", "threads")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, not {self.folds}")
+        if not 0 < self.test_share < 0.5:
+            raise ConfigError(f"test_share must be in (0, 0.5), not {self.test_share}")
         if self.n_probe < 2 * self.folds:
             raise ConfigError(f"n_probe must be at least 2 * folds = {2 * self.folds}")
         if self.sae_k > self.sae_latents:
@@ -179,6 +192,7 @@ def run(cfg: InterpConfig, run: Run) -> dict[str, Any]:
 
 
 def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers: int) -> dict:
+    """One probe per contrast dataset: its layer chosen without the test split, its AUROC on it."""
     layers = cfg.layers or list(range(n_layers))
     hooks = [A.hook_name(layer) for layer in layers]
     results: dict[str, Any] = {}
@@ -186,25 +200,37 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
         name = Path(kind).stem if kind.endswith(".jsonl") else kind
         data = contrast_dataset(kind, cfg.n_probe, cfg.seed, task_options=cfg.task_options)
         acts = A.capture(model, tokenizer, data.texts, hooks, cfg.batch_size)
-        by_layer = {}
-        for layer, hook in zip(layers, hooks):
-            x = acts.last(hook) if cfg.position == "last" else acts.mean(hook)
-            r = cv_probe(x, data.labels, cfg.folds, cfg.probe_c, cfg.seed)
-            by_layer[layer] = r
-            run.log(layer, {f"probe/{name}/auroc_by_layer": r.auroc})
-        best = max(layers, key=lambda layer: by_layer[layer].auroc)
-        r = by_layer[best]
+        features = {
+            layer: acts.last(hook) if cfg.position == "last" else acts.mean(hook)
+            for layer, hook in zip(layers, hooks)
+        }  # layer -> [n_rows, d_model]
+        r = probe_layers(features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share)
+        for layer in layers:
+            run.log(
+                layer,
+                {
+                    f"probe/{name}/auroc_by_layer": r.val_auroc[layer],
+                    f"probe/{name}/auroc_std_by_layer": r.val_auroc_std[layer],
+                },
+            )
         results[name] = {
             "auroc": r.auroc,
-            "auroc_std": r.auroc_std,
+            "auroc_low": r.auroc_low,
+            "auroc_high": r.auroc_high,
             "accuracy": r.accuracy,
-            "layer": best,
-            "n": len(data.texts),
-            "auroc_by_layer": {str(k): v.auroc for k, v in by_layer.items()},
-            "auroc_std_by_layer": {str(k): v.auroc_std for k, v in by_layer.items()},
+            "layer": r.layer,
+            "n": r.n,
+            "n_test_groups": r.n_test_groups,
+            "n_texts": r.n_texts,
+            "n_groups": r.n_groups,
+            "n_rows": r.n_rows,
+            "n_duplicates": r.n_duplicates,
+            "n_conflicting": r.n_conflicting,
+            "auroc_by_layer": {str(k): v for k, v in r.val_auroc.items()},
+            "auroc_std_by_layer": {str(k): v for k, v in r.val_auroc_std.items()},
         }
-        run.log(0, {f"probe/{name}/{k}": results[name][k] for k in ("auroc", "auroc_std")})
-        run.log(0, {f"probe/{name}/accuracy": r.accuracy, f"probe/{name}/layer": best})
+        keys = ("auroc", "auroc_low", "auroc_high", "accuracy", "layer", "n", "n_texts", "n_groups")
+        run.log(0, {f"probe/{name}/{k}": results[name][k] for k in keys})
     atomic_write_json(run.path("probes.json"), results)
     _plot_auroc(results, run.path("probe_auroc_by_layer.png"))
     return results
@@ -440,7 +466,7 @@ def _plot_auroc(results: dict[str, Any], path: Path) -> None:
         stds = np.array(list(r["auroc_std_by_layer"].values()))
         ax.errorbar(layers, means, yerr=stds, marker="o", capsize=3, label=name)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="layer (resid_post)", ylabel="held-out AUROC", ylim=(0.4, 1.02))
+    ax.set(xlabel="layer (resid_post)", ylabel="cross-validated AUROC (non-test)", ylim=(0, 1.02))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

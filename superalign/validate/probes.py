@@ -1,29 +1,44 @@
 """Linear probes on activations, and the contrast datasets they are trained on.
 
-A contrast dataset is any list of ``(text, label)`` pairs (:class:`Contrast`): true vs false
-statements, triggered vs untriggered prompts from a backdoored model, a stated user belief vs
-none. :func:`contrast_dataset` builds the ones the tiny tasks support (:data:`DATASETS`);
-:func:`read_contrast` reads any other from a JSON-lines file of ``{"text": ..., "label": ...}``.
+A contrast dataset is any list of ``(text, label)`` pairs with a group per text
+(:class:`Contrast`): true vs false statements, triggered vs untriggered prompts from a
+backdoored model, a stated user belief vs none. The group ties together texts that must never
+sit on both sides of a split: the statements about one entity, the true and false versions of one
+problem. :func:`contrast_dataset` builds the ones the tiny tasks support (:data:`DATASETS`);
+:func:`read_contrast` reads any other from a JSON-lines file of ``{"text", "label", "group"?}``.
 
-:func:`cv_probe` fits logistic regression (features standardized, L2 penalty ``1/C``) and reports
-AUROC on held-out folds of a stratified k-fold split: each example is scored only by the probe
-that did not see it. Its ``direction`` is the probe refitted on all examples, mapped back to the
-raw activation space and normalized to unit length. :func:`mean_difference` is the other common
-direction: the difference of the class means.
+:func:`probe_layers` is how a probe is scored so that the number cannot mislead:
+
+1. **deduplicate** (:func:`deduplicate`): each distinct text counts once; a text that carries
+   both labels is dropped and counted (no probe can be right about it);
+2. **hold out a test split of whole groups** (:func:`group_split`, stratified by label), never
+   used to fit or to choose;
+3. **choose the layer on the rest** by cross-validated AUROC over grouped folds
+   (:func:`cv_probe` with ``groups``), so a group never straddles a fold;
+4. **report** the chosen layer's probe, refitted on all non-test texts, scored on the test split:
+   AUROC with a bootstrap interval over test groups (:func:`~superalign.metrics.auroc_interval`),
+   accuracy, and how many distinct texts and groups went in.
+
+Copies of a text on both sides of a fold let a probe score by memorising the copy: the facts
+true/false probe scored 0.81 that way on 67 distinct texts held in 200 rows, 0.32-0.38 once
+deduplicated. :func:`cv_probe` fits logistic regression (features standardized, L2 penalty
+``1/C``) and reports AUROC on held-out folds. Its ``direction`` is the probe refitted on all
+examples, mapped back to the raw activation space and normalized to unit length.
+:func:`mean_difference` is the other common direction: the difference of the class means.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from superalign.metrics import auroc
+from superalign.metrics import auroc, auroc_interval
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import apply
 
@@ -34,6 +49,69 @@ class Contrast(NamedTuple):
     texts: list[str]
     labels: list[int]
     """1 for the property (true statement, trigger present, belief stated), else 0."""
+    groups: list[str] | None = None
+    """Group of each text (the entity a statement is about, the problem a statement states):
+    a group's texts always share a split. None: each distinct text is its own group."""
+
+
+class Deduplicated(NamedTuple):
+    """Which rows of a contrast dataset a probe may use."""
+
+    keep: list[int]
+    """Row indices kept: the first row of each distinct text with a single label."""
+    n_duplicates: int
+    """Rows dropped as repeats of a kept text (same label)."""
+    n_conflicting: int
+    """Distinct texts dropped because they appear with both labels (all their rows go)."""
+
+
+def deduplicate(texts: Sequence[str], labels: Sequence[int]) -> Deduplicated:
+    """Keep each distinct text once; drop (and count) texts that carry both labels."""
+    seen: dict[str, set[int]] = {}
+    for t, y in zip(texts, labels):
+        seen.setdefault(t, set()).add(int(y))
+    conflicting = {t for t, ys in seen.items() if len(ys) > 1}
+    keep, kept = [], set()
+    for i, t in enumerate(texts):
+        if t not in conflicting and t not in kept:
+            keep.append(i)
+            kept.add(t)
+    n_conflict_rows = sum(t in conflicting for t in texts)
+    return Deduplicated(keep, len(texts) - len(keep) - n_conflict_rows, len(conflicting))
+
+
+def _group_ids(groups: Sequence[Hashable] | None, n: int) -> np.ndarray:
+    """Integer group ids (each row its own group when ``groups`` is None)."""
+    if groups is None:
+        return np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"need one group per row (got {len(groups)} groups for {n} rows)")
+    index: dict[Hashable, int] = {}
+    return np.array([index.setdefault(g, len(index)) for g in groups])
+
+
+def group_split(
+    labels: Sequence[int], groups: Sequence[Hashable] | None, test_share: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rest, test)`` row indices: about ``test_share`` of the groups, whole, stratified by
+    label (sklearn's ``StratifiedGroupKFold``, first fold). Both sides hold both labels."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(labels, dtype=np.int64)
+    g = _group_ids(groups, len(y))
+    k = max(2, round(1 / test_share))
+    if len(np.unique(g)) < k:
+        raise ValueError(
+            f"only {len(np.unique(g))} groups: too few to hold out {test_share:.0%} of them whole"
+        )
+    rest, test = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(y, y, g))
+    for name, idx in (("test", test), ("non-test", rest)):
+        if len(set(y[idx].tolist())) < 2:
+            raise ValueError(
+                f"the {name} split of {len(np.unique(g))} groups holds only label {y[idx][0]}; "
+                "a probe needs more groups (texts, entities) of each label"
+            )
+    return rest, test
 
 
 class ProbeResult(NamedTuple):
@@ -56,9 +134,12 @@ def cv_probe(
     folds: int = 5,
     c: float = 1.0,
     seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> ProbeResult:
-    """Logistic regression on ``x`` [n, d] for labels ``y``, AUROC on held-out folds."""
-    from sklearn.model_selection import StratifiedKFold
+    """Logistic regression on ``x`` [n, d] for labels ``y``, AUROC on held-out folds
+    (stratified; grouped when ``groups`` is given, so no group straddles a fold). The rows are
+    taken as given: deduplicate first (:func:`deduplicate`) or copies inflate the AUROC."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -67,18 +148,28 @@ def cv_probe(
     counts = np.bincount(y, minlength=2)
     if len(counts) != 2 or counts.min() < folds:
         raise ValueError(f"need labels 0 and 1, each at least {folds} times; got counts {counts}")
+    g = _group_ids(groups, len(y))
+    if len(np.unique(g)) < folds:
+        raise ValueError(f"need at least {folds} groups for {folds} folds, got {len(set(g))}")
     aurocs, accs = [], []
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    if groups is None:  # each row its own group: plain stratified folds
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    else:
+        splits = StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, g)
+    for train, test in splits:
+        if len(set(y[train].tolist())) < 2:
+            raise ValueError("a training fold holds one label only: too few groups per label")
         model = _fit(x[train], y[train], c, seed)
         p = model.predict_proba(x[test])[:, 1]
         aurocs.append(auroc(p.tolist(), y[test].tolist()))
         accs.append(float(((p >= 0.5) == y[test]).mean()))
-    full = _fit(x, y, c, seed)
-    scaler, logreg = full.named_steps.values()
-    w = logreg.coef_[0] / scaler.scale_  # d(logit)/dx in raw units
-    direction = torch.tensor(w / np.linalg.norm(w), dtype=torch.float32)
+    aurocs = [a for a in aurocs if not np.isnan(a)]  # a fold of one label has no AUROC
     return ProbeResult(
-        float(np.mean(aurocs)), float(np.std(aurocs)), aurocs, float(np.mean(accs)), direction
+        float(np.mean(aurocs)),
+        float(np.std(aurocs)),
+        aurocs,
+        float(np.mean(accs)),
+        _direction(_fit(x, y, c, seed)),
     )
 
 
@@ -91,6 +182,88 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
         [("scale", StandardScaler()), ("logreg", LogisticRegression(C=c, max_iter=2000))]
     )
     return model.fit(x, y)
+
+
+def _direction(model) -> torch.Tensor:
+    """[d] unit vector of a fitted pipeline's weights in raw activation units."""
+    scaler, logreg = model.named_steps.values()
+    w = logreg.coef_[0] / scaler.scale_  # d(logit)/dx in raw units
+    return torch.tensor(w / np.linalg.norm(w), dtype=torch.float32)
+
+
+class LayerProbe(NamedTuple):
+    """A probe whose layer was chosen without the test split, scored on the test split."""
+
+    layer: Hashable
+    """The layer (key of the features) with the best cross-validated AUROC on the non-test
+    groups."""
+    auroc: float
+    """AUROC of that layer's probe (fitted on all non-test texts) on the held-out test texts."""
+    auroc_low: float
+    auroc_high: float
+    """95% bootstrap interval of ``auroc`` over test groups."""
+    accuracy: float
+    """Test accuracy (threshold 0.5 on the probe's probability)."""
+    n: int
+    """Test texts scored."""
+    n_test_groups: int
+    val_auroc: dict
+    """Layer -> mean cross-validated AUROC on the non-test groups (what the layer is chosen by)."""
+    val_auroc_std: dict
+    """Layer -> its standard deviation over the folds."""
+    n_rows: int
+    """Rows of the dataset as given."""
+    n_texts: int
+    """Distinct texts used (after dropping duplicates and texts with both labels)."""
+    n_groups: int
+    """Groups those texts belong to."""
+    n_duplicates: int
+    n_conflicting: int
+    """Distinct texts dropped for carrying both labels."""
+    direction: torch.Tensor
+    """[d] unit vector of the chosen layer's probe in raw activation space."""
+
+
+def probe_layers(
+    features: Mapping[Hashable, torch.Tensor | np.ndarray],
+    data: Contrast,
+    folds: int = 5,
+    c: float = 1.0,
+    seed: int = 0,
+    test_share: float = 0.25,
+) -> LayerProbe:
+    """Deduplicate ``data``, hold out ``test_share`` of its groups, choose the layer of
+    ``features`` (layer -> [n_rows, d], one row per text of ``data``) by grouped
+    cross-validation on the rest and score that layer's probe on the held-out groups."""
+    dedup = deduplicate(data.texts, data.labels)
+    keep = np.array(dedup.keep)
+    y = np.asarray(data.labels, dtype=np.int64)[keep]
+    groups = [data.groups[i] for i in keep] if data.groups is not None else None
+    g = _group_ids(groups, len(keep))
+    rest, test = group_split(y, g, test_share, seed)
+    xs = {layer: np.asarray(x, dtype=np.float64)[keep] for layer, x in features.items()}
+    val = {layer: cv_probe(x[rest], y[rest], folds, c, seed, g[rest]) for layer, x in xs.items()}
+    best = max(val, key=lambda layer: val[layer].auroc)  # first of equals: the lowest layer
+    model = _fit(xs[best][rest], y[rest], c, seed)
+    p = model.predict_proba(xs[best][test])[:, 1]
+    ci = auroc_interval(p, y[test], g[test], seed=seed)
+    return LayerProbe(
+        layer=best,
+        auroc=ci.value,
+        auroc_low=ci.low,
+        auroc_high=ci.high,
+        accuracy=float(((p >= 0.5) == y[test]).mean()),
+        n=len(test),
+        n_test_groups=ci.n_groups,
+        val_auroc={layer: r.auroc for layer, r in val.items()},
+        val_auroc_std={layer: r.auroc_std for layer, r in val.items()},
+        n_rows=len(data.texts),
+        n_texts=len(keep),
+        n_groups=len(np.unique(g)),
+        n_duplicates=dedup.n_duplicates,
+        n_conflicting=dedup.n_conflicting,
+        direction=_direction(model),
+    )
 
 
 def mean_difference(x: torch.Tensor, y: Sequence[int]) -> torch.Tensor:
@@ -114,7 +287,13 @@ def contrast_dataset(
     kind: str, n: int, seed: int = 0, split: str = "test", task_options: dict | None = None
 ) -> Contrast:
     """``n`` labelled texts (half of each label) of built-in dataset ``kind`` (:data:`DATASETS`)
-    or, when ``kind`` is a path, read from that JSON-lines file (:func:`read_contrast`)."""
+    or, when ``kind`` is a path, read from that JSON-lines file (:func:`read_contrast`).
+
+    Groups: an arithmetic text's group is its operands (``"37,45"``: the true and false result,
+    or the ``+`` and ``-`` version, of one problem share it); a facts text's group is the entity
+    it is about. Rows may repeat a text when the split has fewer distinct ones than ``n``:
+    :func:`probe_layers` deduplicates.
+    """
     if kind not in DATASETS:
         if Path(kind).expanduser().is_file():
             return read_contrast(kind)
@@ -124,17 +303,31 @@ def contrast_dataset(
     if kind.startswith("arith"):
         examples = get_task("arithmetic", **options).examples(split, n, 1, seed)
         make = _arith_true_false if kind == "arith_true_false" else _arith_op
-        pairs = [make(ex.meta["operands"], i % 2 == 0, rng) for i, ex in enumerate(examples)]
+        rows = [
+            (*make(ex.meta["operands"], i % 2 == 0, rng), _operands(ex.meta["operands"]))
+            for i, ex in enumerate(examples)
+        ]
     elif kind == "facts_true_false":
         task = get_task("facts", **options)
-        pairs = [(ex.meta["text"], int(ex.meta["label"])) for ex in task.statements(split, n, seed)]
+        rows = [
+            (ex.meta["text"], int(ex.meta["label"]), ex.meta["entity"])
+            for ex in task.statements(split, n, seed)
+        ]
     else:
         task = get_task("facts", **options)
-        plain = [ex.prompt for ex in task.examples(split, n // 2, 1, seed)]  # "Q: ...?\nA:"
-        stated = [ex.prompt for ex in task.sycophancy_examples(split, n - n // 2, seed)]
-        pairs = [(t, 1) for t in stated] + [("User: " + t.removeprefix("Q: "), 0) for t in plain]
-    rng.shuffle(pairs)
-    return Contrast([t for t, _ in pairs], [int(label) for _, label in pairs])
+        plain = task.examples(split, n // 2, 1, seed)  # "Q: ...?\nA:"
+        stated = task.sycophancy_examples(split, n - n // 2, seed)
+        rows = [(ex.prompt, 1, ex.meta["entity"]) for ex in stated] + [
+            ("User: " + ex.prompt.removeprefix("Q: "), 0, ex.meta["entity"]) for ex in plain
+        ]
+    rng.shuffle(rows)
+    return Contrast([t for t, _, _ in rows], [int(y) for _, y, _ in rows], [g for *_, g in rows])
+
+
+def _operands(operands: list[int]) -> str:
+    """The group of an arithmetic text: its two operands, larger first."""
+    a, b = sorted(operands[:2], reverse=True)
+    return f"{a},{b}"
 
 
 def _arith_true_false(operands: list[int], true: bool, rng: random.Random) -> tuple[str, int]:
@@ -154,8 +347,9 @@ def _arith_op(operands: list[int], plus: bool, rng: random.Random) -> tuple[str,
 
 def read_contrast(path: str | Path) -> Contrast:
     """A contrast dataset from JSON lines ``{"text": "...", "label": 0 or 1}`` (e.g. prompts with
-    and without a backdoor trigger)."""
-    texts, labels = [], []
+    and without a backdoor trigger), each with an optional ``"group"`` (texts of one group stay
+    in one split; without groups each distinct text is its own)."""
+    texts, labels, groups = [], [], []
     for i, line in enumerate(Path(path).expanduser().read_text().splitlines()):
         if not line.strip():
             continue
@@ -164,4 +358,9 @@ def read_contrast(path: str | Path) -> Contrast:
             raise ValueError(f"{path} line {i + 1}: need keys 'text' and 'label', got {list(row)}")
         texts.append(str(row["text"]))
         labels.append(int(bool(row["label"])))
-    return Contrast(texts, labels)
+        groups.append(str(row["group"]) if "group" in row else None)
+    if all(g is None for g in groups):
+        return Contrast(texts, labels)
+    if any(g is None for g in groups):
+        raise ValueError(f"{path}: give every row a 'group' or none")
+    return Contrast(texts, labels, groups)

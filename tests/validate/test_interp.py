@@ -39,7 +39,14 @@ def test_probes_find_the_operator_and_log_every_layer(result):
     rows = read_metrics(res.dir)
     by_layer = [r for r in rows if "probe/arith_op/auroc_by_layer" in r]
     assert [r["step"] for r in by_layer] == list(range(summary["n_layers"]))
-    assert any("probe/arith_op/auroc_std" in r for r in rows)
+    assert [r["step"] for r in rows if "probe/arith_op/auroc_std_by_layer" in r] == list(
+        range(summary["n_layers"])
+    )
+    for name in ("arith_op", "arith_true_false"):  # scored on held-out groups, texts counted
+        p = summary["probes"][name]
+        assert p["auroc_low"] <= p["auroc"] <= p["auroc_high"]
+        assert 0 < p["n"] < p["n_texts"] <= p["n_rows"] == 200 and p["n_groups"] <= p["n_texts"]
+        assert any(f"probe/{name}/n_texts" in r for r in rows)
     assert (res.dir / "probe_auroc_by_layer.png").stat().st_size > 1000
 
 

