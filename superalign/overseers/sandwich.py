@@ -5,7 +5,7 @@ held-out solutions that include subtly wrong ones.
 draws ``n`` held-out **test** problems of ``difficulty``; every model in ``policies`` writes one
 solution to each (temperature ``temperature``: subtly wrong ones occur), and with ``corrupted``
 each problem's gold solution with one planted error
-(:func:`~superalign.generalize.weak_to_strong.corrupt`) is added as one more source. Every
+(:func:`~superalign.tasks.arithmetic.corrupt`) is added as one more source. Every
 overseer in ``overseers`` (built with :func:`~superalign.overseers.build.build_overseer`)
 scores every solution; it **accepts** a solution when its score is at least ``threshold``, and
 a solution is good when its gold grade is at least 0.5 (``agreement_with_gold``).
@@ -45,7 +45,8 @@ from superalign.overseers.base import agreement_with_gold
 from superalign.overseers.build import build_overseer
 from superalign.overseers.critic import Critic, critique_quality, gold_critique
 from superalign.runs import Run, atomic_write_text
-from superalign.tasks import get_task
+from superalign.tasks import get_task, split_examples
+from superalign.tasks.arithmetic import corrupt
 from superalign.tasks.base import Example
 
 
@@ -160,8 +161,6 @@ class Items:
 
 def collect(cfg: OversightConfig, examples: list[Example]) -> Items:
     """One solution per problem from each policy, and the corrupted gold solutions."""
-    from superalign.generalize.weak_to_strong import corrupt
-
     items = Items()
     for spec, label in zip(cfg.policies, cfg.labels()):
         model, tokenizer, _ = load_model(spec)
@@ -235,7 +234,7 @@ def run(cfg: OversightConfig, run: Run) -> dict[str, Any]:
     """Collect solutions, score them with every overseer and with gold, write table and plot."""
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     task = get_task("arithmetic")
-    examples = task.examples("test", cfg.n, cfg.difficulty, seed=cfg.seed)
+    examples = split_examples(task, "test", cfg.n, [cfg.difficulty], cfg.seed)
     items = collect(cfg, examples)
     prompts = [ex.prompt for ex in items.examples]
     gold = [task.grade(ex, c) for ex, c in zip(items.examples, items.completions)]
