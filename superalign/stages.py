@@ -109,7 +109,7 @@ STAGES: dict[str, Stage] = {
         ),
     ),
     "critic": Stage(
-        "superalign.overseers.critic",
+        "superalign.train.critic",
         "CriticConfig",
         "train a step critic (a per-line P(wrong) head on the policy LM, gold step labels)",
         inputs=("model", "policy"),
