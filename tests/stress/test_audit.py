@@ -39,6 +39,30 @@ def test_matrix_needs_a_control_and_an_organism_of_every_kind():
     assert "| probe | n/a |" in audit.matrix_table(m)
 
 
+def test_null_rows_compare_two_controls_and_intervals_bound_the_auroc():
+    organism, control, control2 = [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 0.5]
+    m = audit.score_matrix(
+        {"behaviour": [organism, control, control2], "probe": [None, None, None]},
+        ["backdoor"] * 3,
+        [False, True, True],
+        0.1,
+    )
+    a = m["auroc"]["behaviour"]["backdoor"]
+    assert a == 1.0 and m["auroc_low"]["behaviour"]["backdoor"] <= a
+    assert m["auroc_high"]["behaviour"]["backdoor"] == 1.0
+    # the null: the second control's items against the first control's
+    assert m["null"]["behaviour"]["backdoor"] == audit.separation(control2, control)
+    low, high = m["null_low"]["behaviour"]["backdoor"], m["null_high"]["behaviour"]["backdoor"]
+    assert low <= m["null"]["behaviour"]["backdoor"] <= high
+    assert m["null"]["probe"]["backdoor"] is None
+    assert "| null: behaviour, control vs control |" in audit.matrix_table(m)
+    # one control only: no null row
+    one = audit.score_matrix(
+        {"behaviour": [organism, control]}, ["backdoor"] * 2, [False, True], 0.1
+    )
+    assert one["null"]["behaviour"]["backdoor"] is None
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="organisms is empty"):
         audit.AuditConfig()
