@@ -23,7 +23,9 @@ Metrics (``metrics.jsonl``; ``_before`` at step 0, plain at the last step):
 - ``critic/location_accuracy``: critiques whose location (a step, the answer line, or none)
   equals the gold critique's;
 - ``critic/why``: flags on a truly wrong or missing step whose recomputed line is the right one;
-- ``critic/line_auroc``: AUROC of the per-line P(wrong) against the per-line gold labels.
+- ``critic/line_auroc``: AUROC of the per-line P(wrong) against the per-line gold labels, with
+  ``critic/line_auroc_low`` / ``_high`` (95% bootstrap over held-out solutions, each solution's
+  lines resampled together) and its ``n``: ``critic/lines`` over ``critic/solutions``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from superalign.metrics import auroc
+from superalign.metrics import auroc_interval
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
 from superalign.overseers.critic import (
@@ -236,9 +238,16 @@ def _quality_metrics(critic: StepCritic, held: Solutions, suffix: str) -> dict[s
     names = ("precision", "recall", "hallucination", "location_accuracy", "why")
     out = {f"critic/{k}{suffix}": getattr(q, k) for k in names}
     probs = critic.line_probs(prompts, held.completions)
-    ys = [y for ex, c in zip(held.examples, held.completions) for y in line_labels(ex, c)]
+    labels = [line_labels(ex, c) for ex, c in zip(held.examples, held.completions)]
+    ys = [y for row in labels for y in row]
     ps = [p for row in probs for p in row]
-    out[f"critic/line_auroc{suffix}"] = auroc([-p for p in ps], [float(not y) for y in ys])
+    solution = [i for i, row in enumerate(labels) for _ in row]  # lines of one solution: a group
+    est = auroc_interval([-p for p in ps], [float(not y) for y in ys], groups=solution)
+    out[f"critic/line_auroc{suffix}"] = est.value
+    out[f"critic/line_auroc_low{suffix}"] = est.low
+    out[f"critic/line_auroc_high{suffix}"] = est.high
+    out[f"critic/lines{suffix}"] = est.n
+    out[f"critic/solutions{suffix}"] = est.n_groups
     return out
 
 

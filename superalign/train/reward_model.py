@@ -38,7 +38,9 @@ Metrics (``metrics.jsonl``):
 - ``train/accuracy``, ``train/gold_accuracy``, ``train/loss``: the same on the training pairs;
 - each of the six with suffix ``_before`` (step 0): the same before training;
 - ``eval/reward_mean``, ``eval/reward_std``: mean and standard deviation of the reward over all
-  test completions (its scale, which sets the KL coefficient an RL stage needs).
+  test completions (its scale, which sets the KL coefficient an RL stage needs);
+- ``eval/pairs``, ``eval/gold_pairs``: the ``n`` behind ``eval/accuracy`` (test pairs) and
+  ``eval/gold_accuracy`` (test pairs whose gold differs).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def pair_eval(
     """``accuracy``, ``gold_accuracy`` and ``loss`` of the reward on ``pairs`` (see the module
     docstring), plus ``reward_mean`` and ``reward_std`` over their completions."""
     if not pairs:
-        return dict.fromkeys(("accuracy", "gold_accuracy", "loss", "reward_mean", "reward_std"))
+        empty = ("accuracy", "gold_accuracy", "loss", "reward_mean", "reward_std")
+        return {**dict.fromkeys(empty), "pairs": 0, "gold_pairs": 0}
     prompts = [p["prompt"] for p in pairs]
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     r = torch.tensor(reward_scores(model, tokenizer, prompts + prompts, completions, batch_size))
@@ -193,6 +196,8 @@ def pair_eval(
         "loss": float(bradley_terry_loss(rc, rr)),
         "reward_mean": float(r.mean()),
         "reward_std": float(r.std()) if len(r) > 1 else 0.0,
+        "pairs": len(pairs),
+        "gold_pairs": len(gold_wins),
     }
 
 
@@ -221,6 +226,7 @@ def run(cfg: RewardModelConfig, run: Run) -> dict[str, Any]:
                 out[f"{name}/{k}{suffix}"] = ev[k]
             if name == "eval" and not suffix:
                 out |= {"eval/reward_mean": ev["reward_mean"], "eval/reward_std": ev["reward_std"]}
+                out |= {"eval/pairs": ev["pairs"], "eval/gold_pairs": ev["gold_pairs"]}
         run.log(step, out)
         return out
 

@@ -26,7 +26,8 @@ steps and at the end it samples **fresh** completions (temperature 1, the same s
 of ``eval_n`` held-out **test** prompts from the current policy, and logs the proxy and gold
 rewards, the sequence-level KL(policy || reference) with its 95% interval and the share of
 completions truncated at ``max_new_tokens`` (all from :func:`~superalign.train.kl.kl_of_samples`,
-the one KL measurement), the policy's entropy and length, and greedy gold accuracy. See
+the one KL measurement), the policy's entropy and length, and greedy gold accuracy. The
+per-prompt proxy and gold rewards behind each row go to ``accounting.jsonl``. See
 ``docs/stages/rl.md`` for every metric.
 
 TRL's checkpoints (weights, optimizer, scheduler, RNG) go under ``checkpoint/`` with a
@@ -36,6 +37,7 @@ TRL's checkpoints (weights, optimizer, scheduler, RNG) go under ``checkpoint/`` 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -171,6 +173,12 @@ def overseer_reward(overseer: Any) -> Callable[..., list[float]]:
 # --- gold accounting --------------------------------------------------------------------------
 
 
+ACCOUNTING_FILE = "accounting.jsonl"
+"""Per-prompt proxy and gold rewards of every gold-accounting step (``{"step", "proxy",
+"gold"}``, the held-out prompts in one fixed order), so that steps can be compared prompt by
+prompt."""
+
+
 def gold_accounting(
     policy: Any,
     reference: Any,
@@ -182,15 +190,19 @@ def gold_accounting(
     seed: int,
     max_new_tokens: int,
     difficulties: list[int],
+    items: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Proxy and gold reward, KL(policy || reference) (:func:`~superalign.train.kl.policy_kl`:
     ``kl/ref*``, ``policy/entropy``, ``policy/length``, ``policy/truncated``) of fresh samples
-    (temperature 1, ``seed``) of the held-out ``examples``, and greedy gold accuracy."""
+    (temperature 1, ``seed``) of the held-out ``examples``, and greedy gold accuracy. Given
+    ``items``, its ``proxy`` and ``gold`` are set to the per-prompt rewards behind the means."""
     prompts = [ex.prompt for ex in examples]
     kl = policy_kl(policy, reference, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
     texts = kl.samples.texts
     proxy = overseer.score(prompts, texts)
     gold = [task.grade(ex, c) for ex, c in zip(examples, texts)]
+    if items is not None:
+        items.update(proxy=[float(p) for p in proxy], gold=gold)
     out = {
         "reward/proxy": sum(proxy) / len(proxy),
         "reward/gold": sum(gold) / len(gold),
@@ -235,6 +247,7 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
     reference.requires_grad_(False).eval()
 
     def account(step: int) -> None:
+        items: dict[str, list[float]] = {}
         row = gold_accounting(
             model,
             reference,
@@ -245,8 +258,11 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
             seed=cfg.seed,
             max_new_tokens=cfg.max_new_tokens,
             difficulties=cfg.difficulties,
+            items=items,
         )
         run.log(step, row)
+        with open(run.path(ACCOUNTING_FILE), "a") as f:  # per-prompt rewards, one line a step
+            f.write(json.dumps({"step": step, **items}) + "\n")
 
     resume_step = run.resume_step()
     done = {r["step"] for r in run.metrics() if "reward/gold" in r}  # a resumed run keeps its own

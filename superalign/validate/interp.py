@@ -319,7 +319,10 @@ def autointerp(
         "explainer": cfg.explainer,
     }
     run.log(0, {f"autointerp/{k}": v for k, v in out.items() if k != "explainer"})
-    atomic_write_json(run.path("explanations.json"), [s._asdict() for s in scores])
+    atomic_write_json(  # with each latent's control score, for paired comparisons
+        run.path("explanations.json"),
+        [{**s._asdict(), "control_score": c.score} for s, c in zip(scores, control)],
+    )
     _plot_hist(values, [s.score for s in control], run.path("autointerp_scores.png"))
     return out
 
