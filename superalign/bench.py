@@ -181,8 +181,8 @@ def rl_step_times(
     from superalign.models.load import load_model
     from superalign.overseers import build_overseer
     from superalign.runs import Run
-    from superalign.tasks import get_task
-    from superalign.train.rl import RLConfig, _trainer, attach_reference, split_examples
+    from superalign.tasks import get_task, split_examples
+    from superalign.train.rl import RLConfig, _trainer, attach_reference
 
     overrides = [f"model={spec}", f"prompts_per_step={prompts}", f"num_generations={generations}"]
     overrides += [f"max_new_tokens={max_new_tokens}", "lr=1e-5", "checkpoint_every=0"]

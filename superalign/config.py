@@ -289,3 +289,18 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def set_threads(threads: int = 0) -> int:
+    """Set torch's CPU threads for a stage: ``threads``, or with 0 every core this process may run
+    on (its CPU affinity, which ``taskset`` and container cpusets narrow; ``os.cpu_count`` would
+    count the whole machine and oversubscribe a pinned process). Returns the number set."""
+    import os
+
+    import torch
+
+    if not threads and hasattr(os, "sched_getaffinity"):  # Linux
+        threads = len(os.sched_getaffinity(0))
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n

@@ -35,16 +35,13 @@ from __future__ import annotations
 import json
 import math
 import operator
-import os
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from superalign.config import ConfigError, check_at_least, from_dict
+from superalign.config import ConfigError, check_at_least, from_dict, set_threads
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
@@ -387,7 +384,7 @@ def gold_check(candidate: float, safe: float, tolerance: float) -> dict[str, Any
 def run(cfg: GateConfig, run: Run) -> dict[str, Any]:
     """Measure KL(candidate || safe), run the audits, write ``verdict.json``; returns the summary
     (the verdict and the measured figures)."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.difficulties if d not in task.difficulties]
     if bad:

@@ -17,7 +17,6 @@ Metrics (``metrics.jsonl``):
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from superalign.config import set_threads
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.tiny import SIZES, Size, build_model, n_params
 from superalign.models.tokenizer import train_tokenizer
@@ -112,7 +112,7 @@ def _batch(
 
 def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
     """Train, evaluate on held-out gold, save ``model/``; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.eval_difficulties if d not in task.difficulties]
     if bad:

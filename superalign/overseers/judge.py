@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from superalign.config import set_threads
 from superalign.overseers.base import OverseerAgreement, agreement_with_gold
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks.base import Example, Task
@@ -413,7 +413,7 @@ def run(cfg: JudgeEvalConfig, run: Run) -> dict[str, Any]:
     """Judge the completions, log agreement with gold, write ``scores.jsonl``."""
     from superalign.tasks import get_task
 
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     examples = task.examples(cfg.split, cfg.n, cfg.difficulty or None, seed=cfg.seed)
     if cfg.completions == "contrast":

@@ -37,8 +37,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from superalign.config import set_threads
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
 from superalign.overseers.base import agreement_with_gold
@@ -232,7 +231,7 @@ def plot(results: dict[str, dict[str, dict[str, float]]], sources: list[str], pa
 
 def run(cfg: OversightConfig, run: Run) -> dict[str, Any]:
     """Collect solutions, score them with every overseer and with gold, write table and plot."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task("arithmetic")
     examples = split_examples(task, "test", cfg.n, [cfg.difficulty], cfg.seed)
     items = collect(cfg, examples)

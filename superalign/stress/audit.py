@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from superalign.config import set_threads
 from superalign.metrics import Interval, auroc, auroc_interval
 from superalign.runs import Run, atomic_write_json, atomic_write_text
 from superalign.stress.organisms import (
@@ -688,7 +688,7 @@ def build_game(cfg: AuditConfig, run: Run) -> list[Path]:
 
 def run(cfg: AuditConfig, run: Run) -> dict[str, Any]:
     """Detect blind, write ``scores.jsonl``, then unseal and write the matrix."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     folders = build_game(cfg, run) if cfg.game else [Path(p) for p in cfg.organisms]
     publics = [load_public(f) for f in folders]
     ctx = Context(cfg)

@@ -47,13 +47,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from superalign.config import set_threads
 from superalign.metrics import auroc
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
@@ -179,7 +179,7 @@ def prompts_for(cfg: BestOfNConfig, task: Any) -> list[Any]:
 
 def run(cfg: BestOfNConfig, run: Run) -> dict[str, Any]:
     """Sample once, score with proxy and gold, estimate best-of-n for each n; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.difficulties if d not in task.difficulties]
     if bad:

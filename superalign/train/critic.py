@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -40,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from superalign.config import set_threads
 from superalign.metrics import auroc_interval
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
@@ -302,7 +302,7 @@ def train(cfg: CriticConfig, run: Run, net: StepHead, rows: list[Row], pad: int)
 
 def run(cfg: CriticConfig, run: Run) -> dict[str, Any]:
     """Build the labelled solutions, evaluate, train, evaluate again, save ``model/``."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     task = get_task("arithmetic")
     bad = [d for d in cfg.difficulties if d not in task.difficulties]

@@ -44,13 +44,11 @@ Metrics (``metrics.jsonl``):
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-
+from superalign.config import set_threads
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
 from superalign.models.sampling import token_logprobs
@@ -285,7 +283,7 @@ def kl_prompts(cfg: DPOStageConfig, test_pairs: list[dict[str, Any]], task: Any)
 
 def run(cfg: DPOStageConfig, run: Run) -> dict[str, Any]:
     """Evaluate, train with TRL's DPO, evaluate again, save ``model/``; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.eval_difficulties if d not in task.difficulties]
     if bad:

@@ -51,14 +51,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
+from superalign.config import set_threads
 from superalign.overseers.build import build_overseer
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks import get_task
@@ -156,7 +154,7 @@ class PreferencesConfig:
 
 def run(cfg: PreferencesConfig, run: Run) -> dict[str, Any]:
     """Build the pairs, write ``preferences.jsonl`` atomically; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     if cfg.source == "hhh_alignment":
         rows, figures, record = data_pairs(cfg)
     else:

@@ -46,7 +46,6 @@ Metrics (``metrics.jsonl``):
 from __future__ import annotations
 
 import copy
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import Any, Literal
 
 import torch
 
+from superalign.config import set_threads
 from superalign.models.load import load_model
 from superalign.models.tiny import SIZES, n_params, tiny_config
 from superalign.overseers.reward_model import reward_scores
@@ -213,7 +213,7 @@ def _gold_differs(pair: dict[str, Any]) -> bool:
 
 def run(cfg: RewardModelConfig, run: Run) -> dict[str, Any]:
     """Evaluate, train with TRL, evaluate again, save ``model/``; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     train = training_pairs(cfg)
     test = read_preferences(cfg.preferences, "test")
     model, tokenizer, record = build_reward_model(cfg)

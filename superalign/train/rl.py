@@ -44,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from transformers import TrainerCallback
 
+from superalign.config import set_threads
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
 from superalign.overseers import build_overseer
@@ -226,7 +226,7 @@ def gold_accounting(
 
 def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
     """Train with TRL against the overseer, with gold accounting; save ``model/``; summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.difficulties if d not in task.difficulties]
     if bad:

@@ -29,12 +29,12 @@ Metrics (``metrics.jsonl``):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from superalign.config import set_threads
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_dir
@@ -148,7 +148,7 @@ def completion_loss(model: Any, tokenizer: Any, examples: list[Any], batch_size:
 
 def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
     """Evaluate, fine-tune with TRL, evaluate again, save ``model/``; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in [*cfg.difficulties, *cfg.eval_difficulties] if d not in task.difficulties]
     if bad:

@@ -45,7 +45,6 @@ docs/stages/interp.md:
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from superalign.config import set_threads
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_write_json
 from superalign.tasks import get_task
@@ -175,7 +175,7 @@ class InterpConfig:
 
 def run(cfg: InterpConfig, run: Run) -> dict[str, Any]:
     """Probes, SAE, autointerp and the steering check; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     model, tokenizer, info = load_model(cfg.model)
     model.eval()
     n_layers = A.n_blocks(model)

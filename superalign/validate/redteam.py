@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from superalign.config import set_threads
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_write_json, atomic_write_text
 from superalign.tasks import get_task
@@ -331,7 +332,7 @@ def plot_successes(results: list[AttackResult], path: Any) -> None:
 
 def run(cfg: RedTeamConfig, run: Run) -> dict[str, Any]:
     """Run every attacker with every seed; write the artifacts; return the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     model, tokenizer, info = load_model(cfg.target)
     tokenizer.padding_side = "left"
