@@ -101,8 +101,8 @@ def run_stage_command(name: str, args: argparse.Namespace, extra: list[str]) -> 
 def cmd_demo(args: argparse.Namespace) -> int:
     from superalign.demo import demo
 
-    demo(root=args.runs_dir, force=args.force, overrides=args.overrides)
-    return 0
+    claims = demo(root=args.runs_dir, force=args.force, overrides=args.overrides, seed=args.seed)
+    return 0 if all(c.passed for c in claims) or not args.strict else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir", type=Path, help="folder of run folders (default $SUPERALIGN_RUNS or ./runs)"
     )
     d.add_argument("--force", action="store_true", help="recompute finished stages")
+    d.add_argument(
+        "--seed", type=int, default=0, help="shift every seed of the demo by N (default 0)"
+    )
+    d.add_argument(
+        "--strict", action="store_true", help="exit 1 unless every claim passed (for scripts)"
+    )
     d.set_defaults(func=cmd_demo)
     r = sub.add_parser("run", help="run a pipeline of stages from a YAML file")
     r.add_argument("pipeline", type=Path, help="pipeline YAML (see pipelines/)")

@@ -622,6 +622,28 @@ def configs_section(runs: list[RunFolder]) -> str | None:
     return "\n".join(blocks)
 
 
+def claims_section(root: str | Path) -> str | None:
+    """The claims of ``root/claims.json`` (:mod:`superalign.claims`, written by ``superalign
+    demo``): each finding with its 95% interval, the null it must exclude, and PASS or FAIL."""
+    from superalign.claims import CLAIMS_FILE, claims_table
+
+    claims = _read_json(Path(root) / CLAIMS_FILE)
+    if not isinstance(claims, list) or not claims:
+        return None
+    rows = []
+    for (verdict, text, interval, null, n), c in zip(claims_table(claims), claims):
+        badge = Html(f'<span class="badge {verdict.lower()}">{verdict}</span>')
+        how = c.get("measure", "") + (f" ({c['reason']})" if c.get("reason") else "")
+        rows.append((badge, text, interval, null, n, how))
+    passed = sum(bool(c.get("passed")) for c in claims)
+    head = (
+        f"<p>{passed} of {len(claims)} claims passed. A claim passes only when its whole 95% "
+        "interval lies on its side of the null.</p>"
+    )
+    header = ["", "claim", "value [95% interval]", "null", "n", "measured as"]
+    return head + table(header, rows)
+
+
 class Section(NamedTuple):
     title: str
     anchor: str
@@ -682,6 +704,9 @@ window.addEventListener("load", function () {
 def render(runs: list[RunFolder], root: str | Path) -> str:
     """The whole page for ``runs`` (the folders under ``root``)."""
     sections = []
+    claims = claims_section(root)
+    if claims:
+        sections.append((Section("Claims", "claims", lambda _: claims), claims))
     for s in SECTIONS:
         body = s.render(runs) if runs else None
         if body:

@@ -1,6 +1,7 @@
 """The CLI: --help everywhere, clear errors, demo, and `superalign serve` as a real process."""
 
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -76,11 +77,11 @@ QUICK_DEMO = [
     "oversight.n=16",
     "weak.steps=20", "weak.corpus_size=300", "weak.eval_n=8",
     "w2s.n_train_weak=64", "w2s.n_train_strong=64", "w2s.n_test=64",
-    "redteam.budget=16", "redteam.n_test=8",
+    "redteam.budget=16", "redteam.n_test=8", "redteam.seeds=[0]",
     "interp.n_probe=40", "interp.sae_texts=60", "interp.sae_steps=20", "interp.n_explain=2",
     *(
         f"{step}.{key}"
-        for step in ("backdoor", "backdoor_control")
+        for step in ("backdoor", "backdoor_control", "backdoor_control2")
         for key in ("implant_steps=10", "safety_sft_steps=2", "safety_rl_steps=1", "eval_n=4")
     ),
     "audit.n_items=8", "audit.redteam_budget=16", "audit.probe_statements=20", "audit.sae_steps=10",
@@ -90,19 +91,24 @@ QUICK_DEMO = [
 
 
 def test_demo_runs_every_stage_and_a_second_run_reuses_them(tmp_path, capsys):
+    from superalign.demo import CLAIMS
+
     assert main(["demo", *QUICK_DEMO, "--runs-dir", str(tmp_path)]) == 0
     first = capsys.readouterr().out
-    assert first.count(" finished: ") == 15, first
-    for label in (
-        "RL: gold reward, end",
-        "audit, blind: red-team detection AUROC",
-        "gate: verdict",
-    ):
-        assert label in first
+    assert first.count(" finished: ") == 16, first
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert len(claims) == len(CLAIMS)
+    for c in claims:  # every claim measured (tiny runs: passing is not the point here)
+        assert c["value"] is not None and c["n"] > 0, c
+        assert c["passed"] == (
+            c["low"] > c["null"] if c["direction"] == "above" else c["high"] < c["null"]
+        )
+        assert c["claim"] in first
+    assert f"of {len(CLAIMS)} claims passed" in first
     html = (tmp_path / "report.html").read_text()
-    assert "<img" in html and "gate" in html
+    assert "<img" in html and "gate" in html and 'id="claims"' in html
     assert main(["demo", *QUICK_DEMO, "--runs-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.count(" reused: ") == 15
+    assert capsys.readouterr().out.count(" reused: ") == 16
 
 
 def _free_port() -> int:
