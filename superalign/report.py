@@ -477,7 +477,7 @@ def _draw_probe_layers(probes: dict[str, dict]) -> Callable:
         ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
         ax.set_xlabel("layer")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("held-out AUROC")
+        ax.set_ylabel("cross-validated AUROC (choosing the layer)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -492,13 +492,16 @@ def probes_section(runs: list[RunFolder]) -> str | None:
         if not probes:
             continue
         rows = [
-            (n, p.get("layer"), p.get("auroc"), p.get("auroc_std"), p.get("accuracy"), p.get("n"))
+            (n, p.get("layer"), p.get("auroc"), p.get("auroc_low"), p.get("auroc_high"),
+             p.get("n_texts"), p.get("n_groups"), p.get("n"))  # fmt: skip
             for n, p in probes.items()
         ]
         parts.append(f"<h3>{esc(run.name)}</h3>")
         if any(p.get("auroc_by_layer") for p in probes.values()):
             parts.append(figure(_draw_probe_layers(probes), f"probe AUROC {run.name}", (7, 3.5)))
-        parts.append(table(["probe", "best layer", "AUROC", "± std", "accuracy", "n"], rows))
+        header = ["probe", "layer (chosen on validation)", "held-out AUROC", "95% low"]
+        header += ["95% high", "distinct texts", "groups", "held-out n"]
+        parts.append(table(header, rows))
         sae, ai = run.summary.get("sae") or {}, run.summary.get("autointerp") or {}
         if sae or ai:
             rows = [
