@@ -192,7 +192,8 @@ def claim_w2s(done: dict[str, StageResult], seed: int) -> Claim:
     gap = boot[:, 2] - boot[:, 0]
     ok = gap > 0
     pgr = (boot[ok, 1] - boot[ok, 0]) / gap[ok]
-    value = (acc["w2s"] - acc["weak"]) / (acc["ceiling"] - acc["weak"])
+    gap0 = acc["ceiling"] - acc["weak"]
+    value = (acc["w2s"] - acc["weak"]) / gap0 if gap0 > 0 else math.nan
     low, high = np.percentile(pgr, [2.5, 97.5]) if ok.mean() > 0.975 else (math.nan, math.nan)
     c = Claim("w2s_pgr", text, value, float(low), float(high), int(n), 0.0, step="w2s",
               measure=f"PGR (xent) = (w2s - weak) / (ceiling - weak) accuracy: weak "
