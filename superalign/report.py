@@ -378,6 +378,8 @@ class Bar(NamedTuple):
     value: float | None
     low: float | None
     high: float | None
+    note: str | None = None
+    """Why ``value`` is missing (a gap-recovered ratio over an unresolved gap)."""
 
 
 def pgr_bars(runs: list[RunFolder]) -> list[Bar]:
@@ -388,7 +390,9 @@ def pgr_bars(runs: list[RunFolder]) -> list[Bar]:
             label = (
                 f"w2s {r.get('dataset')}: {r.get('weak')} -> {r.get('strong')} ({r.get('loss')})"
             )
-            bars.append(Bar(label, r.get("pgr"), r.get("pgr_low"), r.get("pgr_high")))
+            bars.append(
+                Bar(label, r.get("pgr"), r.get("pgr_low"), r.get("pgr_high"), r.get("pgr_reason"))
+            )
     for run in of_stage(runs, "easy_to_hard"):
         s = run.summary
         for key, what in (
@@ -399,7 +403,9 @@ def pgr_bars(runs: list[RunFolder]) -> list[Bar]:
             g = lookup(s, key)
             if isinstance(g, dict):
                 label = f"e2h {s.get('easy')} -> {s.get('hard')}: {what} ({run.name})"
-                bars.append(Bar(label, g.get("value"), g.get("low"), g.get("high")))
+                bars.append(
+                    Bar(label, g.get("value"), g.get("low"), g.get("high"), g.get("reason"))
+                )
     return bars
 
 
@@ -409,7 +415,8 @@ def _draw_bars(bars: list[Bar], xlabel: str, xlim: tuple[float, float] | None) -
         ys = list(range(len(bars)))[::-1]
         for y, b in zip(ys, bars):
             if not _finite(b.value):
-                ax.text(0, y, " n/a", va="center", fontsize=8, color="gray")
+                text = " not reported (see the table)" if b.note else " n/a"
+                ax.text(0, y, text, va="center", fontsize=8, color="gray")
                 continue
             ax.barh(y, b.value, color="C0" if b.value >= 0 else "C3", height=0.6)
             if _finite(b.low) and _finite(b.high):
@@ -438,8 +445,12 @@ def pgr_section(runs: list[RunFolder]) -> str | None:
         (10, 1.2 + 0.32 * len(bars)),
     )
     parts = ["<p>1 means the student recovered the whole gap to the gold ceiling; 0 none.</p>", fig]
-    rows = [(b.label, b.value, b.low, b.high) for b in bars]
-    parts.append(details("PGR values", table(["comparison", "PGR", "95% low", "95% high"], rows)))
+    unreported = "".join(f"<li>{esc(b.label)}: {esc(b.note)}</li>" for b in bars if b.note)
+    if unreported:
+        parts.append(f"<p>Not reported (the gap is not resolved):</p><ul>{unreported}</ul>")
+    rows = [(b.label, b.value, b.low, b.high, b.note or "") for b in bars]
+    header = ["comparison", "PGR", "95% low", "95% high", "not reported because"]
+    parts.append(details("PGR values", table(header, rows)))
     for run in of_stage(runs, "weak_to_strong"):
         md = run.dir / "pgr_table.md"
         if md.is_file():

@@ -22,10 +22,12 @@ is pass@n; ``bon_model`` if set, else the base policy)::
 
     gap recovered at n = (gold@n(rm_easy) - gold@1) / (gold@n(rm_hard) - gold@1)
 
-Every gap recovered is :func:`~superalign.generalize.pgr.pgr` (nan when the hard-supervised
-model does not beat the baseline) with a paired bootstrap interval that resamples the
-evaluation problems (or pairs). The summary holds both tables; ``easy_to_hard.png`` plots hard
-accuracy per policy and gold against n per reward.
+Every gap recovered comes from :func:`~superalign.generalize.pgr.gap_recovered`, with a paired
+bootstrap interval that resamples the evaluation problems (or pairs), and is reported only
+where its gap (hard-supervised minus baseline) is resolved: the gap's interval excludes 0 and
+the gap exceeds one problem (1/n; for the loss, a continuous score, only the interval rule
+applies). Elsewhere its ``value`` is null and ``reason`` says why. The summary holds both
+tables; ``easy_to_hard.png`` plots hard accuracy per policy and gold against n per reward.
 
 The stage reads finished run folders, so the pipeline (``pipelines/e2h.yaml``) caches and
 reuses every training run; it checks from their configs that the "easy" runs never saw a hard
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 
 from superalign.config import ConfigError
-from superalign.generalize.pgr import Estimate, mean_ci, pgr_ci
+from superalign.generalize.pgr import Estimate, gap_recovered, mean_ci
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
 from superalign.overseers.build import build_overseer
@@ -194,8 +196,10 @@ def policy_table(cfg: EasyToHardConfig, task: Any, run: Run) -> dict[str, Any]:
         out[f"accuracy/{name}"] = _estimate(mean_ci(grades[name], seed=cfg.seed))
         out[f"loss/{name}"] = _estimate(mean_ci(losses[name], seed=cfg.seed))
     g = [grades[n] for n in names]
-    out["gap_recovered"] = _estimate(pgr_ci(*g, seed=cfg.seed))
-    out["loss_gap_recovered"] = _estimate(pgr_ci(*(-losses[n] for n in names), seed=cfg.seed))
+    out["gap_recovered"] = gap_recovered(*g, seed=cfg.seed).as_dict()
+    # the loss is continuous: no item resolution, only the interval rule
+    neg_loss = [-losses[n] for n in names]
+    out["loss_gap_recovered"] = gap_recovered(*neg_loss, seed=cfg.seed, resolution=0.0).as_dict()
     run.log(
         0,
         {
@@ -250,7 +254,9 @@ def reward_model_table(
     pairs_out = {
         "accuracy/rm_easy": _estimate(mean_ci(wins["rm_easy"], seed=cfg.seed)),
         "accuracy/rm_hard": _estimate(mean_ci(wins["rm_hard"], seed=cfg.seed)),
-        "gap_recovered": _estimate(pgr_ci(chance, wins["rm_easy"], wins["rm_hard"], seed=cfg.seed)),
+        "gap_recovered": gap_recovered(
+            chance, wins["rm_easy"], wins["rm_hard"], seed=cfg.seed
+        ).as_dict(),
         "n_pairs": len(pairs),
     }
     run.log(
@@ -299,7 +305,7 @@ def best_of_n_table(cfg: EasyToHardConfig, task: Any, run: Run) -> dict[str, Any
         run.log(n, {f"bon/gold_{name}": curves[name][i] for name in curves})
     one_sample = gold.mean(axis=1)  # per problem: expected gold of a single random sample
     top = cfg.ns.index(max(cfg.ns))
-    gap = pgr_ci(
+    gap = gap_recovered(
         one_sample, per_problem["rm_easy"][:, top], per_problem["rm_hard"][:, top], seed=cfg.seed
     )
     run.log(max(cfg.ns), {"bon/gap_recovered": gap.value})
@@ -307,7 +313,7 @@ def best_of_n_table(cfg: EasyToHardConfig, task: Any, run: Run) -> dict[str, Any
         "ns": list(cfg.ns),
         "gold": curves,
         "gold_one_sample": round(float(one_sample.mean()), 4),
-        "gap_recovered_at_max_n": _estimate(gap),
+        "gap_recovered_at_max_n": gap.as_dict(),
         "n_prompts": len(examples),
     }
 
@@ -315,7 +321,9 @@ def best_of_n_table(cfg: EasyToHardConfig, task: Any, run: Run) -> dict[str, Any
 def markdown(policy: dict[str, Any], pairs: dict[str, Any], bon: dict[str, Any]) -> str:
     """The summary tables as markdown."""
 
-    def ci(e: dict[str, float]) -> str:
+    def ci(e: dict[str, Any]) -> str:
+        if e["value"] is None:
+            return f"not reported: {e['reason']}"
         return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
     n_max = max(bon["ns"])

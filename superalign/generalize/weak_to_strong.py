@@ -12,7 +12,10 @@ for every dataset and seed, draw disjoint train halves A and B and a held-out te
 
 ``models`` is a ladder, weakest first; every pair (models[i], models[j]) with i < j is a
 (weak, strong) pair. PGR = (weak-to-strong - weak) / (ceiling - weak) of the accuracies
-averaged over seeds, with a percentile bootstrap interval that resamples seeds.
+averaged over seeds, from :func:`~superalign.generalize.pgr.gap_recovered`: its interval
+resamples seeds and then test items within each seed, and it is reported only where the gap
+(ceiling - weak) is resolved, its interval excluding 0 and the gap exceeding one test item
+(1 / n_test); elsewhere PGR is null and ``pgr_reason`` says why.
 
 Settings:
 
@@ -25,7 +28,8 @@ Settings:
 - ``bigbench``: BIG-bench tasks with binary reference labels (vitaminc, strategyqa,
   fact_checker, misconceptions); text = the example's prompt, label = ``meta["label"]``, each
   part balanced between the labels. Default ladder: bag-of-words logistic regression < MiniLM
-  with a linear head.
+  with a linear head. Needs your copy of BIG-bench (``task_options: {path: ...}`` or the
+  cached archive; nothing is downloaded, see docs/tasks/bigbench.md).
 
 Every trained model is trained and evaluated inside the run; nothing is cached across runs, so
 the run folder's key (the whole config: datasets, seeds, models, sample counts, and the content
@@ -64,7 +68,7 @@ from superalign.generalize.classifiers import (
     TrainSettings,
     build_classifier,
 )
-from superalign.generalize.pgr import mean_ci, pgr_ci
+from superalign.generalize.pgr import gap_recovered, mean_ci
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import corrupt
@@ -86,7 +90,11 @@ class WeakToStrongConfig:
     datasets: list[str] = field(default_factory=list)
     """verifiable: ``arithmetic-d{k}`` (k: the task's difficulty level); bigbench: task names
     among vitaminc, strategyqa, fact_checker, misconceptions. Empty: the setting's default
-    (``[arithmetic-d2]``; ``[vitaminc, strategyqa]``)."""
+    (``[arithmetic-d1]``; ``[vitaminc, strategyqa]``)."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """bigbench: options of :class:`~superalign.tasks.bigbench.BigBenchTask`, e.g. ``{path:
+    ~/BIG-bench}`` (your copy: a folder of task folders, a clone or a tarball). Unused by
+    verifiable."""
     models: list[str] = field(default_factory=list)
     """Classifier ladder, weakest first: each pair (i < j) is a (weak, strong) pair. Each entry is
     a kind (bow, tiny, small, base, minilm, smollm2; bow only first) or the path of a pretrained
@@ -279,7 +287,7 @@ def load_data(cfg: WeakToStrongConfig, dataset: str, seed: int) -> W2SData:
             Split(train.texts[na:], train.labels[na:]),
             test,
         )
-    task = get_task(f"bigbench:{dataset}")
+    task = get_task(f"bigbench:{dataset}", **cfg.task_options)
     rng = random.Random(f"w2s:bigbench:{dataset}:{seed}")
     a, b = balanced_parts(task.all_examples("train"), [na, nb], rng)
     (test,) = balanced_parts(task.all_examples("test"), [cfg.n_test], rng)
@@ -433,8 +441,10 @@ def _train_job(
         rec["agreement_with_weak"] = float(
             (probs.argmax(1) == np.asarray(weak["test"]).argmax(1)).mean()
         )
+    correct = np.asarray(probs).argmax(1) == test.labels
     rec.update(
-        accuracy=accuracy(probs, test.labels),
+        accuracy=float(correct.mean()),
+        correct=correct.astype(int).tolist(),
         loss_first=losses[0],
         loss_final=losses[-1],
         seconds=round(time.time() - t0, 2),
@@ -464,19 +474,22 @@ def json_line(obj: Any) -> str:
 
 
 def pgr_table(cfg: WeakToStrongConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per dataset, (weak, strong) pair and loss: mean accuracies over seeds with
-    bootstrap intervals, and PGR of the means with its interval."""
-    acc = {
-        (r["dataset"], r["seed"], r["role"], r["model"], r["weak"], r["loss"]): r["accuracy"]
+    """One row per dataset, (weak, strong) pair and loss: mean test accuracies over seeds, the
+    gap (ceiling - weak) and PGR, each with its interval (seeds, then test items, resampled;
+    :func:`~superalign.generalize.pgr.gap_recovered`). PGR is None where the gap is not
+    resolved, with the reason in ``pgr_reason``."""
+    correct = {
+        (r["dataset"], r["seed"], r["role"], r["model"], r["weak"], r["loss"]): r["correct"]
         for r in records
     }
     rows, lab = [], cfg.labels()
     for dataset in cfg.datasets:
         for w, s in cfg.pairs():
-            weak = np.array([acc[dataset, k, "weak", w, None, "xent"] for k in cfg.seeds])
-            ceil = np.array([acc[dataset, k, "ceiling", s, None, "xent"] for k in cfg.seeds])
+            # [seeds, test items]: 1 where the model's prediction is right
+            weak = np.array([correct[dataset, k, "weak", w, None, "xent"] for k in cfg.seeds])
+            ceil = np.array([correct[dataset, k, "ceiling", s, None, "xent"] for k in cfg.seeds])
             for loss in LOSSES:
-                w2s = np.array([acc[dataset, k, "w2s", s, w, loss] for k in cfg.seeds])
+                w2s = np.array([correct[dataset, k, "w2s", s, w, loss] for k in cfg.seeds])
                 row: dict[str, Any] = {
                     "dataset": dataset,
                     "weak": lab[w],
@@ -486,34 +499,46 @@ def pgr_table(cfg: WeakToStrongConfig, records: list[dict[str, Any]]) -> list[di
                 for name, values in (("weak_acc", weak), ("w2s_acc", w2s), ("ceiling_acc", ceil)):
                     est = mean_ci(values, cfg.n_boot)
                     row.update({name: est.value, f"{name}_low": est.low, f"{name}_high": est.high})
-                est = pgr_ci(weak, w2s, ceil, cfg.n_boot)
-                row.update(gap=row["ceiling_acc"] - row["weak_acc"])
-                row.update(pgr=est.value, pgr_low=est.low, pgr_high=est.high)
+                g = gap_recovered(weak, w2s, ceil, cfg.n_boot)
+                row.update(gap=g.gap.value, gap_low=g.gap.low, gap_high=g.gap.high)
+                row.update(pgr=g.value, pgr_low=g.low, pgr_high=g.high, pgr_reason=g.reason)
                 row.update(
+                    n_test=g.n,
                     n_seeds=len(cfg.seeds),
-                    per_seed={"weak": weak.tolist(), "w2s": w2s.tolist(), "ceiling": ceil.tolist()},
+                    per_seed={
+                        "weak": weak.mean(1).tolist(),
+                        "w2s": w2s.mean(1).tolist(),
+                        "ceiling": ceil.mean(1).tolist(),
+                    },
                 )
                 rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The PGR table as Markdown (PGR "n/a" where the ceiling does not beat the weak model)."""
+    """The PGR table as Markdown; where PGR is not reported, the reason in its place."""
     lines = [
-        "| dataset | weak | strong | loss | weak acc | w2s acc | ceiling acc | gap "
+        "| dataset | weak | strong | loss | weak acc | w2s acc | ceiling acc | gap [95% CI] "
         "| PGR [95% CI] |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         value = (
             f"{r['pgr']:.2f} [{r['pgr_low']:.2f}, {r['pgr_high']:.2f}]"
-            if np.isfinite(r["pgr"])
-            else "n/a (no gap)"
+            if r["pgr"] is not None
+            else f"not reported: {r['pgr_reason']}"
         )
         lines.append(
             f"| {r['dataset']} | {r['weak']} | {r['strong']} | {r['loss']} | {r['weak_acc']:.3f} "
-            f"| {r['w2s_acc']:.3f} | {r['ceiling_acc']:.3f} | {r['gap']:+.3f} | {value} |"
+            f"| {r['w2s_acc']:.3f} | {r['ceiling_acc']:.3f} "
+            f"| {r['gap']:+.3f} [{r['gap_low']:+.3f}, {r['gap_high']:+.3f}] | {value} |"
         )
+    n = sorted({r["n_test"] for r in rows})
+    seeds = sorted({r["n_seeds"] for r in rows})
+    lines.append(
+        f"\nn_test = {', '.join(map(str, n))} per seed; seeds: {', '.join(map(str, seeds))}. "
+        "PGR is reported only where the gap's interval excludes 0 and the gap exceeds 1/n_test."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -561,8 +586,9 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Any) -> None:
 def summarize(
     cfg: WeakToStrongConfig, rows: list[dict[str, Any]], sizes: dict[str, dict[str, int]]
 ) -> dict[str, Any]:
-    """``summary.json``: the PGR table (without per-seed values), data sizes, and the mean PGR
-    per loss over the rows where it is defined (the ceiling beats the weak model)."""
+    """``summary.json``: the PGR table (without per-seed values), data sizes, and per loss the
+    mean PGR over the rows where it is reported (``pgr_mean/{loss}``, with ``_n_rows`` of
+    them); None, with ``pgr_mean/{loss}_reason``, where no row's gap is resolved."""
     compact = [{k: v for k, v in r.items() if k != "per_seed"} for r in rows]
     out: dict[str, Any] = {
         "setting": cfg.setting,
@@ -573,7 +599,13 @@ def summarize(
         "table": compact,
     }
     for loss in LOSSES:
-        values = [r["pgr"] for r in rows if r["loss"] == loss and np.isfinite(r["pgr"])]
+        of_loss = [r for r in rows if r["loss"] == loss]
+        values = [r["pgr"] for r in of_loss if r["pgr"] is not None]
         out[f"pgr_mean/{loss}"] = float(np.mean(values)) if values else None
+        out[f"pgr_mean/{loss}_n_rows"] = len(values)
+        if not values:
+            out[f"pgr_mean/{loss}_reason"] = "no row's gap is resolved: " + "; ".join(
+                f"{r['dataset']} {r['weak']}->{r['strong']}: {r['pgr_reason']}" for r in of_loss
+            )
     out["files"] = ["results.jsonl", "pgr_table.json", "pgr_table.md", "accuracy.png"]
     return out

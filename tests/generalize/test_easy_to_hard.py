@@ -10,7 +10,7 @@ small: two SFT runs, two reward models, then the stage.
 """
 
 import json
-import math
+import os
 import random
 
 import numpy as np
@@ -25,9 +25,12 @@ from superalign.stages import STAGES, execute
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import corrupt
 
-SFT = ["n_train=600", "max_steps=60", "batch_size=16", "lr=1e-3", "eval_n=20", "threads=1"]
-SFT += ["eval_difficulties=[2]", "max_new_tokens=24", "checkpoint_every=0"]
-RM = ["lr=1e-3", "epochs=2", "batch_size=16", "log_every=10", "checkpoint_every=0", "threads=1"]
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
+SFT = ["n_train=600", "max_steps=60", "batch_size=16", "lr=1e-3", "eval_n=20"]
+SFT += ["eval_difficulties=[2]", "max_new_tokens=24", "checkpoint_every=0", f"threads={THREADS}"]
+RM = ["lr=1e-3", "epochs=2", "batch_size=16", "log_every=10", "checkpoint_every=0"]
+RM += [f"threads={THREADS}"]
 
 
 def _pairs(path, level: int, n_train: int = 400, n_test: int = 100) -> str:
@@ -49,48 +52,80 @@ def _run(stage: str, args: list[str], root):
 
 
 @pytest.fixture(scope="module")
-def e2h(arith_policy, tmp_path_factory):
-    torch.set_num_threads(1)
+def e2h(arith_policy, tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("e2h-runs")
     runs = {"model": arith_policy}
+    seed = f"seed={test_seed}"
     for name, level in (("easy", 1), ("hard", 2)):
         runs[f"sft_{name}"] = _run(
-            "sft", [f"model={arith_policy}", f"difficulties=[{level}]", *SFT], root
+            "sft", [f"model={arith_policy}", f"difficulties=[{level}]", *SFT, seed], root
         )
         prefs = _pairs(root / f"pairs-{name}.jsonl", level)
         runs[f"rm_{name}"] = _run(
-            "reward_model", [f"preferences={prefs}", f"model={arith_policy}", *RM], root
+            "reward_model", [f"preferences={prefs}", f"model={arith_policy}", *RM, seed], root
         )
         runs[f"{name}_preferences"] = prefs
     args = [f"{k}={v}" for k, v in runs.items() if k != "easy_preferences"]
     args += ["easy=[1]", "hard=[2]", "eval_n=100", "n_prompts=24", "ns=[1,2,4,8]"]
-    args += ["max_new_tokens=24", "threads=1"]
+    args += ["max_new_tokens=24", f"threads={THREADS}", seed]
     return execute("easy_to_hard", load_config(EasyToHardConfig, None, args), root=root)
 
 
+# Outcome test: the spreads in the comments are over SUPERALIGN_TEST_SEED 0, 1, 2 with 1 torch
+# thread (OMP_NUM_THREADS), measured on a shared 2-core machine.
+
+
+@pytest.mark.outcome
 def test_hard_gold_supervision_beats_the_base_policy_on_hard(e2h):
     p = e2h.summary["policy"]
+    r = e2h.summary["reward_model_pairs"]
     assert p["n"] == 100
+    # hard loss, nats/token: base - sft_hard spread 5.5..6.2; sft_hard 1.21..1.26 against
+    # sft_easy 6.81..7.33
     assert p["loss/sft_hard"]["value"] < p["loss/base"]["value"] - 1.0
     assert p["loss/sft_hard"]["value"] < p["loss/sft_easy"]["value"]
     assert p["loss/sft_hard"]["low"] <= p["loss/sft_hard"]["value"] <= p["loss/sft_hard"]["high"]
-    r = e2h.summary["reward_model_pairs"]
     assert r["n_pairs"] == 100
-    assert r["accuracy/rm_hard"]["value"] > 0.5
+    # Not claimed: that rm_hard beats chance on held-out hard pairs. This test once asserted it,
+    # but the tiny reward model stays at chance there (spread 0.45..0.60 on 100 pairs; it
+    # failed at seed 2), as the pipeline measured at scale (docs/stages/easy_to_hard.md); its
+    # gap recovered is then not reported, which the next test checks.
 
 
-def test_gap_recovered_is_pgr_of_the_measured_accuracies(e2h):
+def _check_gap_recovered(g: dict, weak: float, mid: float, ceiling: float, n: int) -> None:
+    """``g`` is the pgr of the three means where its gap is resolved, else None with a reason."""
+    assert g["n"] == n and g["gap"] == pytest.approx(ceiling - weak, abs=2e-3)
+    assert g["gap_low"] <= g["gap"] <= g["gap_high"]
+    if g["gap_low"] > 0 and g["gap"] > (1 / n if n else 0):
+        assert g["reason"] is None
+        assert g["value"] == pytest.approx(pgr(weak, mid, ceiling), abs=2e-3)
+        assert g["low"] <= g["value"] <= g["high"]
+    else:
+        assert g["value"] is None and g["low"] is None and g["reason"]
+
+
+def test_gap_recovered_is_pgr_of_the_measured_accuracies_where_resolved(e2h):
     p = e2h.summary["policy"]
-    for metric, key, sign in (("accuracy", "gap_recovered", 1), ("loss", "loss_gap_recovered", -1)):
-        values = [sign * p[f"{metric}/{n}"]["value"] for n in ("base", "sft_easy", "sft_hard")]
-        expected, got = pgr(*values), p[key]["value"]
-        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(
-            expected, abs=2e-3
-        )
+    acc = [p[f"accuracy/{n}"]["value"] for n in ("base", "sft_easy", "sft_hard")]
+    _check_gap_recovered(p["gap_recovered"], *acc, n=100)
+    neg_loss = [-p[f"loss/{n}"]["value"] for n in ("base", "sft_easy", "sft_hard")]
+    g = p["loss_gap_recovered"]
+    assert g["n"] == 100 and g["gap"] == pytest.approx(neg_loss[2] - neg_loss[0], abs=2e-3)
+    if g["gap_low"] > 0:  # a loss is continuous: only the interval rule applies
+        assert g["value"] == pytest.approx(pgr(*neg_loss), abs=2e-3) and g["reason"] is None
+    else:
+        assert g["value"] is None and "exclude 0" in g["reason"]
     r = e2h.summary["reward_model_pairs"]
-    expected = pgr(0.5, r["accuracy/rm_easy"]["value"], r["accuracy/rm_hard"]["value"])
-    got = r["gap_recovered"]["value"]
-    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-3)
+    wins = [r["accuracy/rm_easy"]["value"], r["accuracy/rm_hard"]["value"]]
+    _check_gap_recovered(r["gap_recovered"], 0.5, *wins, n=r["n_pairs"])
+    table = e2h.summary["table"]
+    for g in (
+        p["gap_recovered"],
+        r["gap_recovered"],
+        e2h.summary["best_of_n"]["gap_recovered_at_max_n"],
+    ):
+        assert g["value"] is not None or f"not reported: {g['reason']}" in table
 
 
 def test_best_of_n_with_gold_is_pass_at_n(e2h):
