@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from superalign import __version__
-from superalign.runs import atomic_write_text, read_metrics
+from superalign.runs import atomic_write_text, lookup, read_metrics
 
 # --- run folders --------------------------------------------------------------------------------
 
@@ -217,18 +217,6 @@ HEADLINES: dict[str, list[str]] = {
 show their first four namespaced numbers."""
 
 
-def lookup(summary: dict[str, Any], path: str) -> Any:
-    """``summary[path]``, else ``path`` read as dots into nested mappings; None when absent."""
-    if path in summary:
-        return summary[path]
-    node: Any = summary
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def headline(run: RunFolder) -> str:
     """A few ``key value`` pairs from a finished run's summary."""
     s = run.summary or {}
@@ -238,7 +226,7 @@ def headline(run: RunFolder) -> str:
             k for k, v in s.items() if isinstance(v, (int, float, str)) and k != "wall_seconds"
         ]
         keys = ([k for k in scalar if "/" in k] or scalar)[:4]
-    parts = [(k, lookup(s, k)) for k in keys]
+    parts = [(k, lookup(s, k, None)) for k in keys]
     return ", ".join(f"{k} {fmt(v)}" for k, v in parts if v is not None)
 
 
@@ -400,7 +388,7 @@ def pgr_bars(runs: list[RunFolder]) -> list[Bar]:
             ("reward_model_pairs.gap_recovered", "reward model"),
             ("best_of_n.gap_recovered_at_max_n", "best-of-n"),
         ):
-            g = lookup(s, key)
+            g = lookup(s, key, None)
             if isinstance(g, dict):
                 label = f"e2h {s.get('easy')} -> {s.get('hard')}: {what} ({run.name})"
                 bars.append(

@@ -369,3 +369,31 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"{type(o).__name__} is not JSON-serializable")
+
+
+_RAISE = object()
+
+
+def lookup(summary: Mapping[str, Any], path: str, default: Any = _RAISE) -> Any:
+    """``summary[path]``, else ``path`` read as dots through nested mappings and list indices
+    (``results.assisted.all.accuracy``, ``table.0.reward/gold``): the one way a summary figure is
+    addressed (the report, the demo, the gate's audits). Missing: ``default``, or ``KeyError``
+    when none is given."""
+    if path in summary:
+        return summary[path]
+    node: Any = summary
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif (
+            isinstance(node, list)
+            and part.lstrip("-").isdigit()
+            and -len(node) <= int(part) < len(node)
+        ):
+            node = node[int(part)]
+        elif default is _RAISE:
+            raise KeyError(path)
+        else:
+            return default
+    return node
+

@@ -164,3 +164,16 @@ def test_second_process_is_refused_while_one_runs(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_lookup_walks_nested_summaries_and_lists():
+    from superalign.runs import lookup
+
+    summary = {"results": {"assisted": {"all": {"accuracy": 0.94}}}, "kl/ref_high": 0.2}
+    summary["table"] = [{"g": 0.5}, {"g": 0.9}]
+    assert lookup(summary, "results.assisted.all.accuracy") == 0.94
+    assert lookup(summary, "kl/ref_high") == 0.2
+    assert lookup(summary, "table.-1.g") == 0.9
+    assert lookup(summary, "results.debate.all.accuracy", None) is None
+    with pytest.raises(KeyError):
+        lookup(summary, "table.5.g")

@@ -44,7 +44,7 @@ from typing import Any
 from superalign.config import ConfigError, check_at_least, from_dict, set_threads
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
-from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
+from superalign.runs import Run, atomic_write_json, atomic_write_text, lookup, read_json
 from superalign.stages import STAGES, execute
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task, split_examples
@@ -223,26 +223,6 @@ def stage_config(audit: Audit, candidate: str, where: str = "audit") -> Any:
     if audit.candidate_field in cfg_cls.__dataclass_fields__:
         data.setdefault(audit.candidate_field, candidate)
     return from_dict(cfg_cls, data, prefix=f"{where}.config.")
-
-
-def lookup(summary: Mapping[str, Any], metric: str) -> Any:
-    """``summary[metric]``, else ``metric`` as a dotted path through nested mappings and lists
-    (``table.0.reward/gold``). Raises KeyError when it is not there."""
-    if metric in summary:
-        return summary[metric]
-    node: Any = summary
-    for part in metric.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif (
-            isinstance(node, list)
-            and part.lstrip("-").isdigit()
-            and -len(node) <= int(part) < len(node)
-        ):
-            node = node[int(part)]
-        else:
-            raise KeyError(metric)
-    return node
 
 
 def check(audit: Audit, summary: Mapping[str, Any], source: str) -> dict[str, Any]:
