@@ -6,6 +6,7 @@ beats a greedy liar's most plausible lie on 90% of the first 60 held-out images.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,27 +18,31 @@ from superalign.runs import read_metrics
 from superalign.stages import execute
 
 K = 4
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the judges below, as tests/conftest.py's TEST_THREADS."""
 TRUTH, LIE = 3, 8
 A, B, C = 10, 20, 30  # pixels of the rigged judge below
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return dd.load_digits_split(0.2, seed=0)
+def digits(test_seed):
+    return dd.load_digits_split(0.2, seed=test_seed)
 
 
 @pytest.fixture(scope="module")
-def judge(digits):
-    torch.set_num_threads(1)
-    cfg = dd.DigitsDebateConfig(ks=[K], hidden=64, train_steps=1500, threads=1)
+def judge(digits, test_seed):
+    torch.set_num_threads(THREADS)
+    cfg = dd.DigitsDebateConfig(
+        ks=[K], hidden=64, train_steps=1500, threads=THREADS, seed=test_seed
+    )
     losses = []
     trained, _ = dd.train_judge(digits, K, cfg, log=lambda step, loss: losses.append(loss))
     assert losses[-1] < losses[0] - 0.3  # the judge learned
     return trained
 
 
-def no_debate_accuracy(judge, digits, n):
-    probs = dd.random_reveal_probs(judge, digits.test_x[:n], K, 20, 0.1, seed=0)
+def no_debate_accuracy(judge, digits, n, seed):
+    probs = dd.random_reveal_probs(judge, digits.test_x[:n], K, 20, 0.1, seed=seed)
     return probs, float((probs.argmax(-1) == digits.test_y[:n, None]).mean())
 
 
@@ -64,9 +69,11 @@ def test_wilson_interval_matches_the_closed_form():
     assert high == 1.0 and 0.92 < low < 0.93  # stays inside [0, 1] at 100%
 
 
-def test_judge_beats_chance_on_held_out_random_pixels(judge, digits):
-    _, acc = no_debate_accuracy(judge, digits, len(digits.test_x))
-    assert acc > 0.35  # chance is 0.10; measured 0.43
+@pytest.mark.outcome
+def test_judge_beats_chance_on_held_out_random_pixels(judge, digits, test_seed):
+    _, acc = no_debate_accuracy(judge, digits, len(digits.test_x), test_seed)
+    print(f"MEASURE digits judge alone {acc:.3f}")
+    assert acc > 0.35  # chance is 0.10; seeds 0-2 x threads 1-2: 0.422..0.432
 
 
 def test_judge_sees_only_revealed_pixels(judge, digits):
@@ -79,9 +86,10 @@ def test_judge_sees_only_revealed_pixels(judge, digits):
     assert a.shape == (1, 10)
 
 
-def test_greedy_debate_beats_judging_alone_at_k4(judge, digits):
+@pytest.mark.outcome
+def test_greedy_debate_beats_judging_alone_at_k4(judge, digits, test_seed):
     n = 60
-    probs, alone = no_debate_accuracy(judge, digits, n)
+    probs, alone = no_debate_accuracy(judge, digits, n, test_seed)
     wins = [
         dd.debate_correct(
             judge,
@@ -94,7 +102,8 @@ def test_greedy_debate_beats_judging_alone_at_k4(judge, digits):
         )
         for i in range(n)
     ]
-    assert np.mean(wins) > alone + 0.2  # measured 0.90 vs 0.45
+    print(f"MEASURE digits debate {np.mean(wins):.3f} alone {alone:.3f}")
+    assert np.mean(wins) > alone + 0.2  # seeds 0-2, 1 thread: 0.88..0.93 vs 0.42..0.45
 
 
 @pytest.mark.parametrize(
@@ -161,12 +170,13 @@ TINY = [
     "mcts_n=4",
     "mcts_rollouts=16",
     "first=[liar]",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 
 
-def test_stage_runs_end_to_end_and_writes_the_table(tmp_path):
-    cfg = load_config(dd.DigitsDebateConfig, None, TINY)
+@pytest.mark.outcome
+def test_stage_runs_end_to_end_and_writes_the_table(tmp_path, test_seed):
+    cfg = load_config(dd.DigitsDebateConfig, None, [*TINY, f"seed={test_seed}"])
     result = execute("digits_debate", cfg, root=tmp_path)
     summary = json.loads((result.dir / "summary.json").read_text())
     rows = {(r["method"], r["first"]): r for r in summary["table"]}
@@ -176,7 +186,10 @@ def test_stage_runs_end_to_end_and_writes_the_table(tmp_path):
     assert 0 <= rows["mcts", "liar"]["greedy_same_images"] <= 1
     for r in rows.values():
         assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
-    assert rows["none", "-"]["accuracy"] > 0.25  # a 600-step judge, still well above chance
+    print(f"MEASURE digits stage { ({k: round(r['accuracy'], 3) for k, r in rows.items()}) }")
+    # a 600-step judge, still well above chance; seeds 0-2, 1 thread: 0.370..0.389, and debate
+    # (greedy liar first) 0.775..0.85
+    assert rows["none", "-"]["accuracy"] > 0.25
     assert rows["greedy", "liar"]["accuracy"] > rows["none", "-"]["accuracy"]
     table = (result.dir / "table.md").read_text()
     assert table == summary["table_markdown"]

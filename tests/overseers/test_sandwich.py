@@ -3,6 +3,7 @@ solutions that include wrong ones (the policy's own and planted ones)."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -17,19 +18,24 @@ OVERSEERS = (
     " {label: all_steps, spec: rater, options: {check_steps: 9}},"
     " {label: process, spec: process}, {label: gold, spec: gold}]"
 )
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the run below, as tests/conftest.py's TEST_THREADS."""
 
 
 @pytest.fixture(scope="module")
-def sandwich(arith_policy, tmp_path_factory):
-    torch.set_num_threads(1)
+def sandwich(arith_policy, tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
     args = [f"policies=[{arith_policy}]", "policy_labels=[tiny]", "difficulty=1", "n=60"]
-    args += ["temperature=1.0", "max_new_tokens=24", "threads=1", OVERSEERS]
+    args += ["temperature=1.0", "max_new_tokens=24", f"threads={THREADS}", OVERSEERS]
+    args += [f"seed={test_seed}"]
     cfg = load_config(OversightConfig, None, args)
     return execute("oversight", cfg, root=tmp_path_factory.mktemp("oversight-runs"))
 
 
+@pytest.mark.outcome
 def test_every_overseer_is_scored_per_source_against_gold(sandwich):
     s = sandwich.summary
+    print(f"MEASURE oversight tiny wrong share {s['gold/wrong_share']['tiny']:.3f}")
     assert s["sources"] == ["tiny", "corrupted"]
     res = s["results"]
     assert set(res) == {"unassisted", "all_steps", "process", "gold"}
@@ -37,7 +43,9 @@ def test_every_overseer_is_scored_per_source_against_gold(sandwich):
         assert set(res[label]) == {"tiny", "corrupted", "all"}
         assert res[label]["all"]["n"] == 120
     assert s["gold/wrong_share"]["corrupted"] == 1.0
-    assert 0.05 < s["gold/wrong_share"]["tiny"] < 0.95  # the policy writes both kinds
+    # the policy writes both kinds: seeds 0-2, 1 thread: 0.30..0.93 (the seed-2 fixture is right
+    # on 4 of 60)
+    assert 0.05 < s["gold/wrong_share"]["tiny"] < 0.95
     for src in ("tiny", "corrupted", "all"):
         assert res["gold"][src]["accuracy"] == 1.0  # gold agrees with itself
     # one-step problems: checking the one step is all the checking there is
