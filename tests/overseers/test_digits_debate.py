@@ -73,7 +73,7 @@ def test_wilson_interval_matches_the_closed_form():
 def test_judge_beats_chance_on_held_out_random_pixels(judge, digits, test_seed):
     _, acc = no_debate_accuracy(judge, digits, len(digits.test_x), test_seed)
     print(f"MEASURE digits judge alone {acc:.3f}")
-    assert acc > 0.35  # chance is 0.10; seeds 0-2 x threads 1-2: 0.422..0.432
+    assert acc > 0.35  # chance is 0.10; seeds 0-2, 1 thread: 0.422..0.432
 
 
 def test_judge_sees_only_revealed_pixels(judge, digits):
