@@ -7,6 +7,7 @@ same greedy answers, far in KL); adding noise to every weight breaks the policy'
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -29,7 +30,9 @@ from superalign.stages import execute, stage_inputs
 from superalign.tasks import get_task, split_examples
 from superalign.train.kl import categorical_kl, policy_kl
 
-QUICK = ["n_samples=64", "gold_n=40", "max_new_tokens=24", "threads=1"]
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the gates below, as tests/conftest.py's TEST_THREADS."""
+QUICK = ["n_samples=64", "gold_n=40", "max_new_tokens=24", f"threads={THREADS}"]
 
 
 def _save_edited(policy, path, edit):
@@ -42,23 +45,25 @@ def _save_edited(policy, path, edit):
 
 
 @pytest.fixture(scope="module")
-def models(arith_policy, tmp_path_factory):
+def models(arith_policy, tmp_path_factory, test_seed):
     """``safe`` (the fixture), ``hot`` (temperature 2) and ``noisy`` (weights + noise)."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("gate")
     hot = _save_edited(arith_policy, root / "hot", lambda m: m.model.norm.weight.mul_(0.5))
 
     def add_noise(m):
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(test_seed)
         for p in m.parameters():
             p.add_(0.3 * p.std() * torch.randn(p.shape, generator=g))
 
     noisy = _save_edited(arith_policy, root / "noisy", add_noise)
-    return {"safe": str(arith_policy), "hot": hot, "noisy": noisy, "root": root / "runs"}
+    models = {"safe": str(arith_policy), "hot": hot, "noisy": noisy, "root": root / "runs"}
+    return {**models, "seed": test_seed}
 
 
 def _gate(models, candidate, budget, *extra):
     args = [f"candidate={models[candidate]}", f"safe={models['safe']}", f"kl_budget={budget}"]
+    args += [f"seed={models['seed']}"]
     cfg = load_config(GateConfig, None, [*args, *QUICK, *extra])
     return execute("gate", cfg, root=models["root"])
 
@@ -81,21 +86,34 @@ def test_same_model_has_kl_zero_and_passes_through_the_cli(models, capsys):
     assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 64
 
 
+@pytest.mark.outcome
 def test_far_candidate_rejected_over_small_budget_admitted_under_large(models):
     small = _gate(models, "hot", 0.05).summary
+    safe_entropy = _gate(models, "safe", 1).summary["policy/entropy"]
+    print(
+        f"MEASURE gate hot kl {small['kl/ref']:.4f} low {small['kl/ref_low']:.4f} entropy"
+        f" {small['policy/entropy']:.3f} vs safe {safe_entropy:.3f} acc"
+        f" {small['eval/accuracy_candidate']:.3f}/{small['eval/accuracy_safe']:.3f}"
+    )
     assert small["verdict"] == "fail" and len(small["reasons"]) == 1
     assert small["reasons"][0].startswith("KL upper bound")
-    assert small["kl/ref_low"] > 0.05  # far: even the lower bound is over the budget
+    # far: even the lower bound is over the budget (seeds 0-1, 1 thread: 7.1..7.3)
+    assert small["kl/ref_low"] > 0.05
     # temperature 2 keeps every greedy answer: the gold audit passes, only the KL fails
     assert small["eval/accuracy_candidate"] == small["eval/accuracy_safe"]
     large = _gate(models, "hot", 1000).summary
     assert large["verdict"] == "pass" and large["reasons"] == []
     assert large["kl/ref"] == pytest.approx(small["kl/ref"])  # the same measurement
-    assert large["policy/entropy"] > 1.5 * _gate(models, "safe", 1).summary["policy/entropy"]
+    assert large["policy/entropy"] > 1.5 * safe_entropy  # seeds 0-1: 14.8 vs 1.0, 16.7 vs 2.1
 
 
+@pytest.mark.outcome
 def test_a_candidate_that_lost_its_arithmetic_fails_the_gold_audit(models):
     s = _gate(models, "noisy", 1e6).summary
+    print(
+        f"MEASURE gate noisy acc {s['eval/accuracy_candidate']:.3f} safe {s['eval/accuracy_safe']:.3f}"
+    )
+    # seeds 0-1, 1 thread: 0.0 vs 0.70, 0.075 vs 0.475
     assert s["eval/accuracy_candidate"] < s["eval/accuracy_safe"] - 0.05
     assert s["verdict"] == "fail" and s["kl"]["passed"]
     assert [r.split(":")[0] for r in s["reasons"]] == ["audit gold"]
@@ -114,19 +132,22 @@ def _exact_first_token_kl(candidate, safe, tok, prompts):
     return float(categorical_kl(p, q).mean())
 
 
+@pytest.mark.outcome
 def test_interval_covers_the_exact_kl(models):
     cand, tok, _ = load_model(models["hot"])
     safe, _, _ = load_model(models["safe"])
-    prompts = [ex.prompt for ex in split_examples(get_task("arithmetic"), "test", 200, [1], seed=3)]
+    seed = 3 + models["seed"]
+    prompts = [ex.prompt for ex in split_examples(get_task("arithmetic"), "test", 200, [1], seed)]
     truth = _exact_first_token_kl(cand, safe, tok, prompts)
     assert truth > 0.05
     covered = 0
-    for seed in range(5):
+    for seed in range(5 * models["seed"], 5 * models["seed"] + 5):
         est = policy_kl(cand, safe, tok, prompts, max_new_tokens=1, seed=seed)
         assert est.metrics()["policy/length"] == 1.0
         covered += est.k3.low <= truth <= est.k3.high
         assert abs(est.k3.mean - truth) < 4 * (est.k3.high - est.k3.low) / 3.92
-    assert covered >= 4, covered  # a 95% interval, 5 independent draws
+    print(f"MEASURE gate exact kl {truth:.4f} covered {covered}/5")
+    assert covered >= 4, covered  # a 95% interval, 5 independent draws (seeds 0-1: 5 of 5)
 
 
 def test_failing_audits_fail_the_verdict_each_with_its_reason(models):

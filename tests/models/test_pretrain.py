@@ -19,6 +19,8 @@ from superalign.stages import execute
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import parse_answer, parse_steps
 
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the outcome run below, as tests/conftest.py's TEST_THREADS."""
 SMALL = [
     "corpus_size=3000",
     "steps=150",
@@ -33,17 +35,18 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.set_num_threads(1)
+def trained(tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(PretrainConfig, None, SMALL)
+    cfg = load_config(PretrainConfig, None, [*SMALL, f"threads={THREADS}", f"seed={test_seed}"])
     return execute("pretrain", cfg, root=root), cfg, root
 
 
-def test_loss_falls_and_the_model_learns_the_solution_format(trained):
+@pytest.mark.outcome
+def test_loss_falls_and_the_model_learns_the_solution_format(trained, test_seed):
     res, cfg, _ = trained
     s = res.summary
-    assert s["loss/train_final"] < 0.5 * s["loss/train_first"]
+    assert s["loss/train_final"] < 0.5 * s["loss/train_first"]  # seeds 0-1, 1 thread: 0.30x
     assert 0.0 <= s["eval/accuracy/d1"] <= 1.0
     rows = read_metrics(res.dir)
     assert {"loss/train", "optim/lr", "perf/tokens_per_s"} <= set(rows[0])
@@ -52,7 +55,7 @@ def test_loss_falls_and_the_model_learns_the_solution_format(trained):
     model = AutoModelForCausalLM.from_pretrained(res.dir / "model")
     tok = AutoTokenizer.from_pretrained(res.dir / "model")
     task = get_task("arithmetic")
-    exs = task.examples("test", 32, 1, seed=5)
+    exs = task.examples("test", 32, 1, seed=5 + test_seed)
     out = sample(model, tok, [e.prompt for e in exs], temperature=0, max_new_tokens=40)
     well_formed = [
         len(parse_steps(c)) == len(e.meta["ops"])
@@ -60,7 +63,11 @@ def test_loss_falls_and_the_model_learns_the_solution_format(trained):
         and parse_answer(c) is not None
         for e, c in zip(exs, out.texts)
     ]
-    assert sum(well_formed) >= 0.8 * len(exs), out.texts[:4]
+    print(
+        f"MEASURE pretrain loss ratio {s['loss/train_final'] / s['loss/train_first']:.3f}"
+        f" well formed {sum(well_formed)}/{len(exs)}"
+    )
+    assert sum(well_formed) >= 0.8 * len(exs), out.texts[:4]  # seeds 0-1: 32 of 32
 
 
 def test_parameters_changed_from_initialisation(trained):
@@ -80,7 +87,7 @@ def test_same_config_reuses_and_config_records_everything(trained):
     again = execute("pretrain", cfg, root=root)
     assert again.reused and again.dir == res.dir
     record = json.loads((res.dir / "config.json").read_text())
-    assert record["config"] == to_dict(cfg) and record["config"]["seed"] == 0
+    assert record["config"] == to_dict(cfg) and record["config"]["seed"] == cfg.seed
     assert (res.dir / "model" / "tokenizer.json").is_file()
 
 
