@@ -3,6 +3,7 @@ an SAE with low held-out FVU, scores explanations, and steering along the found 
 direction flips the operator the model writes far more often than a random direction."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -12,30 +13,35 @@ from superalign.runs import read_metrics
 from superalign.stages import execute, stage_inputs
 from superalign.validate.interp import InterpConfig
 
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the run below, as tests/conftest.py's TEST_THREADS."""
 SMALL = [
     "n_probe=200",
     "sae_texts=600",
     "sae_steps=600",
     "n_explain=24",
     "steer_n=100",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 
 
 @pytest.fixture(scope="module")
-def result(arith_policy, tmp_path_factory):
-    torch.set_num_threads(1)
-    cfg = load_config(InterpConfig, None, [f"model={arith_policy}", *SMALL])
+def result(arith_policy, tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
+    cfg = load_config(InterpConfig, None, [f"model={arith_policy}", *SMALL, f"seed={test_seed}"])
     res = execute("interp", cfg, root=tmp_path_factory.mktemp("runs"))
     return res, json.loads((res.dir / "summary.json").read_text()), cfg
 
 
+@pytest.mark.outcome
 def test_probes_find_the_operator_and_log_every_layer(result):
     res, summary, _ = result
     op = summary["probes"]["arith_op"]
-    assert op["auroc"] > 0.9 and 0 <= op["layer"] < summary["n_layers"]
+    tf = summary["probes"]["arith_true_false"]
+    print(f"MEASURE interp probe op {op['auroc']:.3f} true_false {tf['auroc']:.3f}")
+    assert op["auroc"] > 0.9 and 0 <= op["layer"] < summary["n_layers"]  # seeds 0-2: 1.0
     assert set(op["auroc_by_layer"]) == {str(i) for i in range(summary["n_layers"])}
-    assert 0.3 < summary["probes"]["arith_true_false"]["auroc"] <= 1.0
+    assert 0.3 < summary["probes"]["arith_true_false"]["auroc"] <= 1.0  # 0.46..0.51
     rows = read_metrics(res.dir)
     by_layer = [r for r in rows if "probe/arith_op/auroc_by_layer" in r]
     assert [r["step"] for r in by_layer] == list(range(summary["n_layers"]))
@@ -50,37 +56,55 @@ def test_probes_find_the_operator_and_log_every_layer(result):
     assert (res.dir / "probe_auroc_by_layer.png").stat().st_size > 1000
 
 
+@pytest.mark.outcome
 def test_sae_reconstructs_held_out_activations(result):
     res, summary, cfg = result
     sae = summary["sae"]
-    assert sae["fvu"] < 0.1  # measured 0.02
+    losses = [r["sae/loss"] for r in read_metrics(res.dir) if "sae/loss" in r]
+    print(
+        f"MEASURE interp sae fvu {sae['fvu']:.4f} dead {sae['dead_fraction']:.3f}"
+        f" loss ratio {losses[-1] / losses[0]:.3f}"
+    )
+    assert sae["fvu"] < 0.1  # seeds 0-2, 1 thread: 0.018..0.022
     assert 0 < sae["l0"] <= cfg.sae_k
-    assert 0 <= sae["dead_fraction"] < 0.6
+    assert 0 <= sae["dead_fraction"] < 0.6  # 0.17..0.31
     assert sae["n_heldout_tokens"] > 1000
     losses = [r["sae/loss"] for r in read_metrics(res.dir) if "sae/loss" in r]
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]  # 0.022..0.031x
     assert (res.dir / "sae" / "sae.safetensors").is_file()
     assert not (res.dir / "activations").exists()  # removed unless keep_activations
 
 
+@pytest.mark.outcome
 def test_autointerp_scores_explanations(result):
     res, summary, _ = result
     auto = summary["autointerp"]
+    print(
+        f"MEASURE interp autointerp {auto['score_mean']:.3f} control {auto['control_score_mean']:.3f}"
+    )
     assert auto["n"] == 24
     explanations = json.loads((res.dir / "explanations.json").read_text())
     assert all(-1 <= e["score"] <= 1 and e["explanation"] for e in explanations)
-    assert auto["score_mean"] > auto["control_score_mean"]
+    assert auto["score_mean"] > auto["control_score_mean"]  # seeds 0-2: 0.21..0.24 vs -0.02..0.01
     assert (res.dir / "autointerp_scores.png").is_file()
 
 
+@pytest.mark.outcome
 def test_steering_along_the_operator_direction_flips_the_operator(result):
     _, summary, _ = result
     s = summary["steer"]
+    keys = ["steer/base_rate", "ablate/base_accuracy", "steer/effect", "steer/control_effect"]
+    keys += ["steer/answer_flip", "steer/control_answer_flip", "ablate/effect"]
+    keys += ["ablate/control_effect"]
+    print("MEASURE interp steer", {k: round(s[k], 3) for k in keys}, s["effect_by_layer"]["0"])
     assert s["steer/base_rate"] < 0.05 and s["ablate/base_accuracy"] > 0.95
-    assert s["steer/effect"] > 0.8  # measured 1.0
-    assert s["steer/effect"] > s["steer/control_effect"] + 0.4  # random direction: 0.24
-    assert s["steer/answer_flip"] > s["steer/control_answer_flip"] + 0.2  # 0.46 vs 0.05
-    assert s["ablate/effect"] > 0.3 and abs(s["ablate/control_effect"]) < 0.1  # 0.5 vs 0.0
+    # seeds 0-2, 1 thread: effect 1.0 each, random direction 0.0..0.46
+    assert s["steer/effect"] > 0.8
+    assert s["steer/effect"] > s["steer/control_effect"] + 0.4
+    # seeds 0-2: 0.63, 0.30, 0.05 vs 0.0..0.01: FAILS on seed 2, whose fixture policy gets 0.14
+    # of its one-step problems right, so a flipped operator rarely gives the flipped answer
+    assert s["steer/answer_flip"] > s["steer/control_answer_flip"] + 0.2
+    assert s["ablate/effect"] > 0.3 and abs(s["ablate/control_effect"]) < 0.1  # 0.48..0.54 vs 0
     assert s["effect_by_layer"]["0"] > 0.8  # block 0 reads the operator
 
 
