@@ -10,6 +10,7 @@ so the larger n, the more often a wrong completion holds the top noise draw.
 import itertools
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -124,21 +125,20 @@ def test_plug_in_kl_sits_below_the_bound_and_ties_lower_it():
 
 # --- the stage end to end -------------------------------------------------------------------------
 
-BON = ["n_prompts=16", "ns=[1,2,4,8,16,32]", "max_new_tokens=24", "threads=1", "batch_size=128"]
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
+BON = ["n_prompts=16", "ns=[1,2,4,8,16,32]", "max_new_tokens=24", "batch_size=128"]
+BON += [f"threads={THREADS}"]
 NOISY_RATER = ["overseer=rater", "overseer_options.check_steps=0", "overseer_options.noise=0.1"]
 
 
 @pytest.fixture(scope="module")
-def bon_runs(arith_policy, tmp_path_factory):
+def bon_runs(arith_policy, tmp_path_factory, test_seed):
     root = tmp_path_factory.mktemp("bon")
-    gold = execute(
-        "best_of_n", load_config(BestOfNConfig, None, [f"model={arith_policy}", *BON]), root=root
-    )
-    rater = execute(
-        "best_of_n",
-        load_config(BestOfNConfig, None, [f"model={arith_policy}", *BON, *NOISY_RATER]),
-        root=root,
-    )
+    args = [f"model={arith_policy}", *BON, f"seed={test_seed}"]
+    gold = execute("best_of_n", load_config(BestOfNConfig, None, args), root=root)
+    noisy = [*NOISY_RATER, f"overseer_options.seed={test_seed}"]
+    rater = execute("best_of_n", load_config(BestOfNConfig, None, [*args, *noisy]), root=root)
     return gold, rater
 
 
@@ -147,13 +147,15 @@ def _table(res):
     return {r["step"]: r for r in rows}
 
 
+@pytest.mark.outcome
 def test_selecting_by_gold_raises_gold_monotonically(bon_runs):
     gold, _ = bon_runs
     t = _table(gold)
     assert sorted(t) == [1, 2, 4, 8, 16, 32] and all(t[n]["n"] == n for n in t)
     g = [t[n]["reward/gold"] for n in sorted(t)]
+    print(f"MEASURE bon gold by n {[round(x, 3) for x in g]} gain@16 {g[4] - g[0]:+.3f}")
     assert all(b >= a for a, b in zip(g, g[1:])), g
-    assert t[16]["reward/gold"] > t[1]["reward/gold"] + 0.1, g
+    assert t[16]["reward/gold"] > t[1]["reward/gold"] + 0.1, g  # seeds 0-2, 1 thread: +0.25..+0.62
     assert all(t[n]["reward/proxy"] == pytest.approx(t[n]["reward/gold"], abs=1e-6) for n in t)
     s = gold.summary
     assert s["n_at_gold_peak"] == min(n for n in t if t[n]["reward/gold"] == max(g))
@@ -161,6 +163,7 @@ def test_selecting_by_gold_raises_gold_monotonically(bon_runs):
     assert [r["n"] for r in s["table"]] == sorted(t)
 
 
+@pytest.mark.outcome
 def test_kl_columns(bon_runs):
     for res in bon_runs:
         t = _table(res)
@@ -169,18 +172,29 @@ def test_kl_columns(bon_runs):
             assert r["kl/bound"] == pytest.approx(best_of_n_kl_bound(n), abs=1e-6)
             assert r["kl/ref"] <= r["kl/ref_no_ties"] + 1e-6 <= r["kl/bound"] + 2e-6
             assert r["reward/gold_low"] <= r["reward/gold"] <= r["reward/gold_high"]
-        # gold is 0/1 and completions repeat, so proxy ties make the real KL far smaller
-        assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]
+    # gold is 0/1, so ties at the top make the real KL of selecting by gold far smaller than the
+    # bound (the noisy rater breaks most ties: its ratio 0.37..0.88 depends on the policy)
+    t = _table(bon_runs[0])
+    print(f"MEASURE bon gold kl32/bound {t[32]['kl/ref'] / t[32]['kl/bound']:.3f}")
+    assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]  # seeds 0-2 x threads 1-2: 0.19..0.66
 
 
+@pytest.mark.outcome
 def test_a_surface_checking_noisy_rater_is_overoptimized(bon_runs):
     gold, rater = bon_runs
     tg, tr = _table(gold), _table(rater)
+    print(
+        f"MEASURE bon rater gold {tr[1]['reward/gold']:.3f}->{tr[32]['reward/gold']:.3f}"
+        f" ({tr[32]['reward/gold'] - tr[1]['reward/gold']:+.3f}) proxy_auroc"
+        f" {rater.summary['proxy_auroc']:.3f}"
+    )
     # same seed, same samples: n = 1 is the same policy whichever overseer would select
     assert tr[1]["reward/gold"] == tg[1]["reward/gold"]
     assert tr[1]["policy/length"] == tg[1]["policy/length"]
     proxy = [tr[n]["reward/proxy"] for n in sorted(tr)]
     assert all(b > a for a, b in zip(proxy, proxy[1:])), proxy
+    # seeds 0-2, 1 thread: -0.30, -0.19, +0.03: FAILS on seed 2, whose fixture policy is right on
+    # 0.10 of its samples at n = 1, leaving gold no room to fall
     assert tr[32]["reward/gold"] < tr[1]["reward/gold"] - 0.1, (tr[1], tr[32])
     assert rater.summary["gold_final"] < rater.summary["gold_peak"]
     assert rater.summary["proxy_auroc"] < gold.summary["proxy_auroc"] == 1.0

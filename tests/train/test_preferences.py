@@ -3,6 +3,7 @@ with gold or a simulated rater; the HHH source reads pairs from (synthetic) BIG-
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,13 +13,15 @@ from superalign.config import ConfigError, load_config
 from superalign.stages import execute
 from superalign.tasks import get_task
 
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
 BASE = [
     "difficulties=[1]",
     "n_train_prompts=150",
     "n_test_prompts=60",
     "max_new_tokens=24",
     "temperature=1.5",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 
 
@@ -30,13 +33,17 @@ def _run(policy, root, *args):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     return tmp_path_factory.mktemp("pref-runs")
 
 
-def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_policy, root):
-    res, rows = _run(arith_policy, root, "overseer=gold")
+@pytest.mark.outcome
+def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_policy, root, test_seed):
+    res, rows = _run(arith_policy, root, "overseer=gold", f"seed={test_seed}")
     s = res.summary
+    print(
+        f"MEASURE prefs gold {s['reward/gold']:.3f} pairs {s['pairs/n/train']}/{s['pairs/n/test']}"
+    )
     text = (res.dir / prefs.FILE).read_text().splitlines()
     assert len(text) == len(rows) == s["pairs/n/train"] + s["pairs/n/test"]
     assert all(set(json.loads(line)) == set(prefs.FIELDS) for line in text)
@@ -44,7 +51,9 @@ def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_polic
         # every prompt is accounted for: written, identical completions, or no gold difference
         dropped = s[f"pairs/identical/{split}"] + s[f"pairs/overseer_tied/{split}"]
         assert s[f"pairs/n/{split}"] + dropped == n
-        assert s[f"pairs/n/{split}"] >= 15  # the policy is right about half the time
+        # the policy writes right and wrong answers: seeds 0-2 x threads 1-2 gave 23..63 train
+        # and 5..24 test pairs (the fixture policy is right on 0.07..0.46 of these samples)
+        assert s[f"pairs/n/{split}"] >= 3
         assert s[f"pairs/gold_agreement/{split}"] == 1.0 and s[f"pairs/gold_tied/{split}"] == 0
     assert all(r["gold_chosen"] == 1.0 and r["gold_rejected"] == 0.0 for r in rows)
     assert all(r["chosen"] != r["rejected"] for r in rows)
@@ -52,10 +61,10 @@ def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_polic
     assert all(r["p_chosen"] == pytest.approx(1 / (1 + math.exp(-1))) for r in rows)
     # test pairs come from test-split prompts only
     task = get_task("arithmetic")
-    test_prompts = {ex.prompt for ex in task.examples("test", 60, 1, seed=0)}
+    test_prompts = {ex.prompt for ex in task.examples("test", 60, 1, seed=test_seed)}
     assert {r["prompt"] for r in rows if r["split"] == "test"} <= test_prompts
     assert not {r["prompt"] for r in rows if r["split"] == "train"} & test_prompts
-    assert 0.2 < s["reward/gold"] < 0.9 and s["reward/proxy"] == s["reward/gold"]
+    assert 0.03 < s["reward/gold"] < 0.9 and s["reward/proxy"] == s["reward/gold"]  # 0.07..0.46
     assert s["policy/length"] > 5
 
 
@@ -68,26 +77,36 @@ def test_kept_ties_are_coin_flips_and_gold_agreement_ignores_them(arith_policy, 
     assert s["pairs/n/train"] + s["pairs/identical/train"] == 150
 
 
-def test_sampled_labels_are_noisy_at_the_rate_the_overseer_sets(arith_policy, root):
+@pytest.mark.outcome
+def test_sampled_labels_are_noisy_at_the_rate_the_overseer_sets(arith_policy, root, test_seed):
     # label_temperature=2: p(gold-better chosen) = sigmoid(1/2) = 0.62 on every pair
-    res, rows = _run(arith_policy, root, "overseer=gold", "label=sample", "label_temperature=2")
+    args = ["overseer=gold", "label=sample", "label_temperature=2", f"seed={test_seed}"]
+    res, rows = _run(arith_policy, root, *args)
     s = res.summary
     agree = [r["gold_chosen"] > r["gold_rejected"] for r in rows]
-    assert 0.45 < sum(agree) / len(agree) < 0.8, sum(agree) / len(agree)
+    share, n = sum(agree) / len(agree), len(agree)
+    print(f"MEASURE prefs sampled agreement {share:.3f} of {n}")
+    # a Bernoulli(0.62) share of n pairs: within 3 standard errors (seeds 0-2 x threads 1-2:
+    # 0.46..0.71 of 28..87 pairs, all within 2)
+    p = 1 / (1 + math.exp(-0.5))
+    assert abs(share - p) < 3 * math.sqrt(p * (1 - p) / n), (share, n)
     assert {round(r["p_chosen"], 4) for r in rows} == {0.6225, 0.3775}
     for split in ("train", "test"):
         assert s[f"pairs/gold_agreement/{split}"] < 1.0
 
 
-def test_a_surface_checking_rater_is_fooled_where_gold_is_not(arith_policy, root):
+@pytest.mark.outcome
+def test_a_surface_checking_rater_is_fooled_where_gold_is_not(arith_policy, root, test_seed):
     # check_steps=0: the rater only checks that an answer line repeats the last step's result,
     # so a well-formed wrong sum passes. Two-step problems give it room to be wrong.
     args = ["overseer=rater", "overseer_options={check_steps: 0}", "difficulties=[1,2]"]
-    res, rows = _run(arith_policy, root, *args, "max_new_tokens=40")
+    res, rows = _run(arith_policy, root, *args, "max_new_tokens=40", f"seed={test_seed}")
     s = res.summary
+    print(f"MEASURE prefs rater proxy {s['reward/proxy']:.3f} gold {s['reward/gold']:.3f}")
+    # seeds 0-2 x threads 1-2: proxy - gold +0.17..+0.37; margin +0.1
     assert s["overseer"]["spec"] == "rater" and s["overseer"]["options"] == {"check_steps": 0}
     assert s["pairs/gold_agreement/train"] < 1.0 or s["pairs/gold_tied/train"] > 0
-    assert s["reward/proxy"] > s["reward/gold"]  # it accepts wrong answers gold rejects
+    assert s["reward/proxy"] > s["reward/gold"] + 0.1  # it accepts wrong answers gold rejects
     # the rater's compare: sigmoid((1 - 0) / 0.1) for the pairs it can order
     assert all(r["p_chosen"] > 0.999 for r in rows)
 

@@ -7,6 +7,7 @@ lower the held-out completion loss and teach the two-step solution format, which
 """
 
 import json
+import os
 import shutil
 
 import pytest
@@ -23,6 +24,8 @@ from superalign.stages import execute, stage_inputs
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import parse_answer, parse_steps
 
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
 PRETRAIN = [
     "corpus_size=3000",
     "steps=150",
@@ -31,7 +34,7 @@ PRETRAIN = [
     "eval_n=16",
     "eval_difficulties=[1]",
     "task_options.default_levels=[1]",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 SFT = [
     "difficulties=[2]",
@@ -45,16 +48,17 @@ SFT = [
     "eval_n=32",
     "eval_difficulties=[1,2]",
     "max_new_tokens=40",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
-    torch.set_num_threads(1)
+def tuned(tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("runs")
-    pre = execute("pretrain", load_config(PretrainConfig, None, PRETRAIN), root=root)
-    cfg = load_config(sft.SFTStageConfig, None, [f"model={pre.dir}", *SFT])
+    seed = f"seed={test_seed}"
+    pre = execute("pretrain", load_config(PretrainConfig, None, [*PRETRAIN, seed]), root=root)
+    cfg = load_config(sft.SFTStageConfig, None, [f"model={pre.dir}", *SFT, seed])
     return execute("sft", cfg, root=root), pre, cfg, root
 
 
@@ -70,26 +74,34 @@ def _two_step_rate(model_dir, examples) -> float:
     return sum(ok) / len(ok)
 
 
+@pytest.mark.outcome
 def test_loss_falls_on_train_and_held_out_completions(tuned):
     res, _, _, _ = tuned
     s = res.summary
+    print(
+        f"MEASURE sft train loss {s['loss/train_first']:.3f}->{s['loss/train_final']:.3f}"
+        f" held-out d2 {s['eval/loss_before/d2']:.3f}->{s['eval/loss/d2']:.3f}"
+        f" ratio {s['eval/loss/d2'] / s['eval/loss_before/d2']:.3f}"
+    )
     assert s["steps"] == 100 and s["n_train"] == 1000
     assert s["loss/train_final"] < 0.5 * s["loss/train_first"]
     rows = read_metrics(res.dir)
     assert len([r for r in rows if "loss/train" in r]) >= 5
     assert {"eval/accuracy_before/d2", "eval/loss_before/d2"} <= set(rows[0])
     # held-out (test split) gold completions of the trained level: much more likely after SFT
-    assert s["eval/loss/d2"] < 0.7 * s["eval/loss_before/d2"]
+    assert s["eval/loss/d2"] < 0.7 * s["eval/loss_before/d2"]  # seeds 0-2, 1 thread: 0.24..0.26x
     for k in ("eval/accuracy_before/d1", "eval/accuracy/d1", "eval/accuracy/d2"):
         assert 0.0 <= s[k] <= 1.0
 
 
-def test_sft_teaches_the_demonstrated_two_step_format(tuned):
+@pytest.mark.outcome
+def test_sft_teaches_the_demonstrated_two_step_format(tuned, test_seed):
     res, pre, _, _ = tuned
-    exs = get_task("arithmetic").examples("test", 32, 2, seed=7)
+    exs = get_task("arithmetic").examples("test", 32, 2, seed=7 + test_seed)
     before = _two_step_rate(pre.dir / "model", exs)
     after = _two_step_rate(res.dir / "model", exs)
-    assert after >= 0.7 and after > before, (before, after)
+    print(f"MEASURE sft two-step format {before:.3f}->{after:.3f}")
+    assert after >= 0.7 and after > before, (before, after)  # seeds 0-2, 1 thread: 0 -> 0.88..1.0
 
 
 def test_parameters_changed(tuned):
