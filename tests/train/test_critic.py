@@ -1,6 +1,8 @@
 """The `critic` stage end to end: a critic trained on the fixture policy flags real errors and
 few correct steps, explains them, loads as an overseer and assists a rater."""
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -14,6 +16,8 @@ from superalign.tasks import get_task
 from superalign.train.critic import CriticConfig
 
 TASK = get_task("arithmetic")
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the run below, as tests/conftest.py's TEST_THREADS."""
 
 
 CRITIC = [
@@ -25,7 +29,7 @@ CRITIC = [
     "eval_n=120",
     "log_every=20",
     "checkpoint_every=0",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 """About 25 s on one thread. Measured on the fixture policy (seed 0): held-out precision 0.86,
 recall 0.74, hallucination 0.17, location accuracy 0.74, line AUROC 0.93 (the fixture policy
@@ -34,20 +38,32 @@ the demo policy's: see docs/stages/critic.md for the demo-sized run)."""
 
 
 @pytest.fixture(scope="module")
-def critic_run(arith_policy, tmp_path_factory):
-    torch.set_num_threads(1)
-    cfg = load_config(CriticConfig, None, [f"model={arith_policy}", *CRITIC])
+def critic_run(arith_policy, tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
+    cfg = load_config(CriticConfig, None, [f"model={arith_policy}", *CRITIC, f"seed={test_seed}"])
     return execute("critic", cfg, root=tmp_path_factory.mktemp("critic-runs"))
 
 
+@pytest.mark.outcome
 def test_critic_stage_learns_to_point_at_the_wrong_step(critic_run, arith_policy):
     s = critic_run.summary
+    print(
+        "MEASURE critic",
+        {k: round(s[k], 3) for k in ("loss/step_first", "loss/step_final", "critic/line_auroc")},
+        {k: round(s[f"critic/{k}"], 3) for k in ("recall", "precision", "hallucination")},
+        f"location {s['critic/location_accuracy']:.3f} flawed {s['train_flawed_share']:.3f}",
+        f"recall_before {s['critic/recall_before']:.3f}",
+    )
     assert s["steps"] == 200 and s["n_train"] == 1000
     assert 0.1 < s["train_flawed_share"] < 0.9  # both kinds of solution to learn from
     assert s["loss/step_final"] < 0.6 * s["loss/step_first"]
     # before training the head is zero (P(wrong) = 1/2, never above the threshold): the only
     # flags are on solutions with no answer line, which are flagged without the model
     assert s["critic/recall_before"] < 0.1 and s["critic/line_auroc_before"] == 0.5
+    # seeds 0-2, 1 thread: line AUROC 0.98, 0.96, 0.89; recall 0.91, 0.92, 0.81; precision 0.91,
+    # 0.85, 0.67; hallucination 0.09, 0.46, 0.92; location 0.91, 0.84, 0.67. FAILS on seeds 1
+    # and 2: critics fine-tuned from fixture policies that get 0.41 and 0.14 of these problems
+    # right (0.75 for seed 0), trained on 75% and 84% flawed solutions, flag correct ones too
     assert s["critic/line_auroc"] > 0.85, s
     assert s["critic/recall"] > 0.55 and s["critic/precision"] > 0.7, s
     assert s["critic/hallucination"] < 0.4, s
@@ -61,13 +77,22 @@ def test_critic_stage_learns_to_point_at_the_wrong_step(critic_run, arith_policy
     assert (critic_run.dir / "critiques.jsonl").is_file()
 
 
-def test_critic_loads_flags_explains_ranks_and_assists_a_rater(critic_run):
+@pytest.mark.outcome
+def test_critic_loads_flags_explains_ranks_and_assists_a_rater(critic_run, test_seed):
     critic = Critic.load(str(critic_run.dir))
-    exs = TASK.examples("test", 40, 1, seed=5)
+    exs = TASK.examples("test", 40, 1, seed=5 + test_seed)
     prompts = [e.prompt for e in exs]
     gold = [e.solution for e in exs]
     bad = [wrong_answer_line(e) for e in exs]  # a wrong answer line after a right step
     flags = [k.step for k in critic.critique(prompts, bad)]
+    ok = critic.critique(prompts, gold)
+    crits = critic.critique(*([e.prompt for e in exs], [off_by_ten(e) for e in exs]))
+    print(
+        f"MEASURE critic answer flags {sum(f == ANSWER for f in flags)}/40"
+        f" ok {sum(k.step is None for k in ok)}/40 step0 {sum(k.step == 0 for k in crits)}/40"
+    )
+    # seeds 0-2, 1 thread: 33, 15, 0 of 40 (FAILS on seeds 1-2, as above); correct ones left
+    # unflagged 33, 15, 0; off-by-ten steps flagged 29, 34, 40
     assert sum(f == ANSWER for f in flags) >= 0.7 * len(exs), flags
     ok = critic.critique(prompts, gold)
     assert sum(k.step is None for k in ok) >= 0.6 * len(exs)

@@ -7,10 +7,19 @@ to 0.575. RM seeds 1 and 2 gave 0.61 (from 0.42 and 0.49), and nine runs with ot
 rates and epochs 0.61-0.75, hence the bars below (0.58, and +0.08 over the untrained RM). Much
 of it is format: the seed-0 RM ranks a correct completion above a malformed one in 42 of 43 test
 pairs, but above a well-formed wrong sum in only 60% of 96 (69% after 5 epochs).
+
+With the fixture seeded by SUPERALIGN_TEST_SEED (1 thread), seeds 0, 1, 2: 568, 327, 195 train
+pairs (the seed-1 and seed-2 fixture policies are right on 0.28 and 0.09 of their samples, so
+fewer pairs differ in gold); held-out gold accuracy 0.45 -> 0.66, 0.52 -> 0.59, 0.46 -> 0.64;
+held-out loss 0.710 -> 0.544, 0.699 -> 0.615, 0.699 -> 0.703. The claim fails on seeds 1 (gain
++0.07) and 2 (held-out loss, train loss and train accuracy barely move); 6 epochs fixed seed 1
+(0.52 -> 0.66, loss 0.650) but not seed 2 (held-out loss 0.730), nor did 3000 prompts (417
+pairs: 0.55, loss 0.703).
 """
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -25,6 +34,8 @@ from superalign.stages import execute
 from superalign.tasks import get_task
 from superalign.train.preferences import PreferencesConfig, read_preferences
 
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
 PAIRS = [
     "overseer=gold",
     "difficulties=[1]",
@@ -32,29 +43,39 @@ PAIRS = [
     "n_test_prompts=400",
     "max_new_tokens=24",
     "temperature=1.5",
-    "threads=1",
+    f"threads={THREADS}",
 ]
-RM = ["lr=1e-3", "epochs=3", "batch_size=16", "log_every=10", "checkpoint_every=50", "threads=1"]
+RM = ["lr=1e-3", "epochs=3", "batch_size=16", "log_every=10", "checkpoint_every=50"]
+RM += [f"threads={THREADS}"]
 
 
 @pytest.fixture(scope="module")
-def pairs(arith_policy, tmp_path_factory):
-    torch.set_num_threads(1)
+def pairs(arith_policy, tmp_path_factory, test_seed):
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("rm-runs")
-    cfg = load_config(PreferencesConfig, None, [f"model={arith_policy}", *PAIRS])
+    args = [f"model={arith_policy}", *PAIRS, f"seed={test_seed}"]
+    cfg = load_config(PreferencesConfig, None, args)
     return execute("preferences", cfg, root=root).dir, root
 
 
 @pytest.fixture(scope="module")
-def trained(arith_policy, pairs):
+def trained(arith_policy, pairs, test_seed):
     prefs, root = pairs
-    args = [f"preferences={prefs}", f"model={arith_policy}", *RM]
+    args = [f"preferences={prefs}", f"model={arith_policy}", *RM, f"seed={test_seed}"]
     return execute("reward_model", load_config(rm.RewardModelConfig, None, args), root=root)
 
 
+@pytest.mark.outcome
 def test_held_out_gold_accuracy_rises_and_loss_falls(trained):
     s = trained.summary
-    assert s["n_train"] > 400 and s["n_test"] > 100 and s["n_train_kept"] == s["n_train"]
+    print(
+        f"MEASURE rm n {s['n_train']}/{s['n_test']} gold acc {s['eval/gold_accuracy_before']:.3f}"
+        f"->{s['eval/gold_accuracy']:.3f} eval loss {s['eval/loss_before']:.3f}->{s['eval/loss']:.3f}"
+        f" train loss {s['train/loss_before']:.3f}->{s['train/loss']:.3f}"
+        f" train acc {s['train/accuracy_before']:.3f}->{s['train/accuracy']:.3f}"
+    )
+    # pairs whose completions differ in gold: seeds 0-2, 1 thread: 195..568 train, 44..166 test
+    assert s["n_train"] > 150 and s["n_test"] > 30 and s["n_train_kept"] == s["n_train"]
     assert s["steps"] == 3 * math.ceil(s["n_train"] / 16)
     assert s["loss/train_final"] < s["loss/train_first"]
     assert s["train/loss"] < s["train/loss_before"] - 0.05
