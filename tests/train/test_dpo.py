@@ -10,6 +10,7 @@ reference (kl/ref > 0).
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -25,7 +26,9 @@ from superalign.stages import execute
 from superalign.tasks import get_task
 from superalign.train.preferences import FILE
 
-torch.set_num_threads(1)
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
+"""torch threads of the runs below, as tests/conftest.py's TEST_THREADS."""
+torch.set_num_threads(THREADS)
 
 DPO = [
     "lr=1e-4",
@@ -38,16 +41,16 @@ DPO = [
     "eval_difficulties=[1]",
     "kl_n=48",
     "max_new_tokens=24",
-    "threads=1",
+    f"threads={THREADS}",
 ]
 
 
-def write_preferences(folder, n_train: int = 400, n_test: int = 50):
+def write_preferences(folder, n_train: int = 400, n_test: int = 50, seed: int = 0):
     task = get_task("arithmetic")
-    rng = random.Random(0)
+    rng = random.Random(seed)
     rows = []
     for split, n in (("train", n_train), ("test", n_test)):
-        for ex in task.examples(split, n, 1, seed=1):
+        for ex in task.examples(split, n, 1, seed=1 + seed):
             bad = wrong_answer(ex, rng, [])
             rows.append(
                 {
@@ -66,26 +69,27 @@ def write_preferences(folder, n_train: int = 400, n_test: int = 50):
 
 
 @pytest.fixture(scope="module")
-def prefs(tmp_path_factory):
-    return write_preferences(tmp_path_factory.mktemp("prefs") / "preferences-gold")
+def prefs(tmp_path_factory, test_seed):
+    return write_preferences(tmp_path_factory.mktemp("prefs") / "preferences-gold", seed=test_seed)
 
 
 @pytest.fixture(scope="module")
-def trained(arith_policy, prefs, tmp_path_factory):
+def trained(arith_policy, prefs, tmp_path_factory, test_seed):
     root = tmp_path_factory.mktemp("dpo-runs")
-    cfg = load_config(
-        dpo.DPOStageConfig, None, [f"model={arith_policy}", f"preferences={prefs}", *DPO]
-    )
+    args = [f"model={arith_policy}", f"preferences={prefs}", *DPO, f"seed={test_seed}"]
+    cfg = load_config(dpo.DPOStageConfig, None, args)
     return execute("dpo", cfg, root=root), cfg, root
 
 
+@pytest.mark.outcome
 def test_loss_falls_and_trl_metrics_are_logged(trained):
     res, _, _ = trained
     s = res.summary
+    print(f"MEASURE dpo loss {s['loss/train_first']:.4f}->{s['loss/train_final']:.4f}")
     assert s["steps"] == 40 and s["n_train"] == 400 and s["n_test"] == 50
     assert s["labels/gold_agreement"] == 1.0
     assert s["loss/train_first"] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy = reference
-    assert s["loss/train_final"] < s["loss/train_first"] - 0.02
+    assert s["loss/train_final"] < s["loss/train_first"] - 0.02  # seeds 0-2, 1 thread: -0.03..-0.05
     rows = [r for r in read_metrics(res.dir) if "loss/train" in r]
     assert len(rows) >= 8
     for key in ("train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen"):
@@ -93,9 +97,16 @@ def test_loss_falls_and_trl_metrics_are_logged(trained):
     assert rows[-1]["train/rewards/margins"] > 0 and rows[-1]["train/rewards/accuracies"] > 0.5
 
 
+@pytest.mark.outcome
 def test_held_out_preference_accuracy_rises_and_kl_is_positive(trained):
     s = trained[0].summary
+    print(
+        f"MEASURE dpo pref acc {s['eval/pref_accuracy']:.3f} margin {s['eval/pref_margin']:.4f}"
+        f" kl {s['kl/ref']:.4f} [{s['kl/ref_low']:.4f}, {s['kl/ref_high']:.4f}]"
+    )
     assert s["eval/pref_accuracy_before"] == 0.5 and s["eval/pref_margin_before"] == 0.0
+    # seeds 0-2, 1 thread: 0.82, 0.66, 0.58 of 50 held-out pairs (KL 0.11, 1.80, 0.09): FAILS on
+    # seed 2; 100 steps gave 0.64 (seed 2) and 0.70 (seed 1), lr 3e-4 gave 0.50 and 0.60
     assert s["eval/pref_accuracy"] >= 0.65 and s["eval/pref_margin"] > 0
     assert s["eval/pref_gold_accuracy"] == s["eval/pref_accuracy"]  # the labels are gold here
     assert 0 < s["kl/ref_low"] <= s["kl/ref"] <= s["kl/ref_high"]
