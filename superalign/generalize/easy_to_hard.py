@@ -36,7 +36,6 @@ level.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from superalign.config import ConfigError
+from superalign.config import ConfigError, set_threads
 from superalign.generalize.pgr import Estimate, gap_recovered, mean_ci
 from superalign.models.load import load_model
 from superalign.models.sampling import sample
@@ -403,7 +402,7 @@ def plot(policy: dict[str, Any], bon: dict[str, Any], path: Path) -> None:
 
 def run(cfg: EasyToHardConfig, run: Run) -> dict[str, Any]:
     """Evaluate the policies and reward models on hard levels; returns the summary."""
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
     bad = [d for d in cfg.easy + cfg.hard if d not in task.difficulties]
     if bad:

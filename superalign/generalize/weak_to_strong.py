@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
+from superalign.config import set_threads
 from superalign.generalize.classifiers import (
     KINDS,
     Classifier,
@@ -344,7 +344,7 @@ def run(cfg: WeakToStrongConfig, run: Run) -> dict[str, Any]:
         raise FileNotFoundError(f"models {missing} do not exist: give pretrained LM folders")
     if len(set(cfg.models)) != len(cfg.models):  # paths are compared here, once they exist
         raise ValueError(f"models lists the same LM twice: {cfg.models}")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    set_threads(cfg.threads)
     state = run.load_checkpoint() or {"records": [], "weak_probs": {}}
     records: list[dict[str, Any]] = state["records"]
     weak_probs: dict[str, dict[str, list]] = state["weak_probs"]
