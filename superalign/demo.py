@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,31 +180,18 @@ def claim_oversight(done: dict[str, StageResult], seed: int) -> Claim:
 
 def claim_w2s(done: dict[str, StageResult], seed: int) -> Claim:
     text = "Weak-to-strong: a student trained on weak labels recovers part of the gap (PGR > 0)"
-    s = done["w2s"].summary
-    rows = [json.loads(x) for x in (done["w2s"].dir / "results.jsonl").read_text().splitlines()]
-    n = s.get("n_test") or _w2s_n_test(done["w2s"])
-    acc = {r["role"]: r["accuracy"] for r in rows if r["role"] != "w2s" or r["loss"] == "xent"}
-    if not n or set(acc) != {"weak", "ceiling", "w2s"}:
-        return missing("w2s_pgr", text, 0.0, "results.jsonl lacks a weak, ceiling or xent row")
-    rng = np.random.default_rng(seed)
-    boot = rng.binomial(int(n), [acc["weak"], acc["w2s"], acc["ceiling"]], size=(4000, 3)) / n
-    gap = boot[:, 2] - boot[:, 0]
-    ok = gap > 0
-    pgr = (boot[ok, 1] - boot[ok, 0]) / gap[ok]
-    gap0 = acc["ceiling"] - acc["weak"]
-    value = (acc["w2s"] - acc["weak"]) / gap0 if gap0 > 0 else math.nan
-    low, high = np.percentile(pgr, [2.5, 97.5]) if ok.mean() > 0.975 else (math.nan, math.nan)
-    c = Claim("w2s_pgr", text, value, float(low), float(high), int(n), 0.0, step="w2s",
-              measure=f"PGR (xent) = (w2s - weak) / (ceiling - weak) accuracy: weak "
-              f"{acc['weak']:.3f}, w2s {acc['w2s']:.3f}, ceiling {acc['ceiling']:.3f}; "
-              f"bootstrap over {n} test items")  # fmt: skip
-    if not ok.mean() > 0.975:
-        c.reason = "the ceiling - weak gap is not resolved: no PGR"
+    table = read_json(done["w2s"].dir / "pgr_table.json")
+    row = next((r for r in table if r["loss"] == "xent"), None)
+    if row is None or "pgr_low" not in row:
+        return missing("w2s_pgr", text, 0.0, "pgr_table.json has no cross-entropy row with an "
+                       "interval (a run from before the gap rule)")  # fmt: skip
+    c = Claim("w2s_pgr", text, row["pgr"], row["pgr_low"], row["pgr_high"], row["n_test"], 0.0,
+              step="w2s", measure=f"PGR (cross-entropy student) = (w2s - weak) / (ceiling - "
+              f"weak) accuracy: weak {row['weak_acc']:.3f}, w2s {row['w2s_acc']:.3f}, ceiling "
+              f"{row['ceiling_acc']:.3f}; the stage's paired bootstrap over {row['n_test']} test "
+              "items, reported only when the gap is resolved")  # fmt: skip
+    c.reason = row.get("pgr_reason") or ""
     return c
-
-
-def _w2s_n_test(res: StageResult) -> int:
-    return int(read_json(res.dir / "config.json")["config"].get("n_test", 0))
 
 
 def claim_redteam(done: dict[str, StageResult], seed: int) -> Claim:
