@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/superalign demo
 
+# The tests' torch threads (outcome tests are checked with 1 and 2; see tests/conftest.py).
+TEST_THREADS ?= 1
+
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check superalign tests bench
