@@ -1,28 +1,7 @@
-import itertools
-import math
-import random
-
 import pytest
 
-from superalign.overseers import GoldOverseer, Overseer, agreement_with_gold, auroc
+from superalign.overseers import GoldOverseer, Overseer, agreement_with_gold
 from superalign.tasks import get_task
-
-
-def slow_auroc(scores, labels):
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
-    return wins / (len(pos) * len(neg))
-
-
-def test_auroc_matches_pairwise_reference_with_ties():
-    rng = random.Random(0)
-    for _ in range(20):
-        scores = [rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(40)]
-        labels = [rng.random() < 0.4 for _ in range(40)]
-        assert auroc(scores, labels) == pytest.approx(slow_auroc(scores, labels))
-    assert auroc([0.1, 0.9], [0, 1]) == 1.0 and auroc([0.9, 0.1], [0, 1]) == 0.0
-    assert math.isnan(auroc([0.3, 0.4], [1, 1]))
 
 
 def test_gold_overseer_is_an_overseer_and_agrees_with_itself():
