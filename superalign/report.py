@@ -491,8 +491,16 @@ def probes_section(runs: list[RunFolder]) -> str | None:
         if not probes:
             continue
         rows = [
-            (n, p.get("layer"), p.get("auroc"), p.get("auroc_low"), p.get("auroc_high"),
-             p.get("n_texts"), p.get("n_groups"), p.get("n"))  # fmt: skip
+            (
+                n,
+                p.get("layer"),
+                p.get("auroc"),
+                p.get("auroc_low"),
+                p.get("auroc_high"),
+                p.get("n_texts"),
+                p.get("n_groups"),
+                p.get("n"),
+            )  # fmt: skip
             for n, p in probes.items()
         ]
         parts.append(f"<h3>{esc(run.name)}</h3>")

@@ -396,4 +396,3 @@ def lookup(summary: Mapping[str, Any], path: str, default: Any = _RAISE) -> Any:
         else:
             return default
     return node
-
