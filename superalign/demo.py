@@ -2,9 +2,9 @@
 
 The demo is the pipeline in ``superalign/demo.yaml``: pretrain a tiny policy on arithmetic ->
 SFT -> a reward model from a flawed rater's preferences -> RL against it with gold accounting ->
-a critic and critique-assisted oversight (sandwiching) -> weak-to-strong -> red teaming and
-interpretability -> a backdoor organism, two clean controls and the blind audit -> the
-deployment gate. Every step is the real stage with small settings; each shows its progress, and
+a critic and critique-assisted oversight (sandwiching) -> weak-to-strong -> a backdoor organism
+and two clean controls -> red teaming the organism, interpretability -> the blind audit with its
+clean-vs-clean null -> the deployment gate. Every step is the real stage with small settings; each shows its progress, and
 finished steps are reused.
 
 The end is not a table of single figures but :data:`CLAIMS`: each headline stated as a
@@ -41,7 +41,8 @@ PIPELINE = Path(__file__).with_name("demo.yaml")
 """The embedded default: an ordinary pipeline file (``superalign run`` reads it too)."""
 
 N_HELD_OUT = 200
-"""Held-out problems behind the claims that the demo measures itself (gold accuracy, firing)."""
+"""Held-out problems behind the claim the demo measures itself (SFT's gold-solution NLL); the
+other claims read the per-item files their stages write."""
 
 SEED_FIELDS = ("seed", "game_seed")
 SEEDS_FIELDS = ("seeds",)
