@@ -120,38 +120,38 @@ def claim_reward_model(done: dict[str, StageResult], seed: int) -> Claim:
                       measure=f"pair accuracy against gold, bootstrap over {n} held-out pairs")  # fmt: skip
 
 
+def _rl_change(done: dict[str, StageResult], seed: int, reward: str, claim: Claim) -> Claim:
+    """``claim`` measured: ``reward`` (``gold`` or ``proxy``) at the last gold-accounting step
+    minus at step 0, paired over rl's held-out prompts (``accounting.jsonl``)."""
+    from superalign.train.rl import ACCOUNTING_FILE
+
+    path = done["rl"].dir / ACCOUNTING_FILE
+    rows = _jsonl(path) if path.is_file() else []
+    if not rows:
+        claim.reason = "the rl run wrote no accounting.jsonl"
+        return claim
+    first, last = rows[0], rows[-1]
+    diff = np.array(last[reward]) - np.array(first[reward])
+    return from_items(claim.id, claim.claim, diff, direction=claim.direction, step="rl",
+                      seed=seed, measure=f"{reward}(step {last['step']}) - {reward}(step 0) per "
+                      f"held-out prompt (one sample each), paired over {len(diff)} prompts")  # fmt: skip
+
+
 def claim_rl_gold(done: dict[str, StageResult], seed: int) -> Claim:
     text = ("RL against the reward model learned from a flawed rater over-optimises it: "
             "held-out gold falls")  # fmt: skip
-    rows = _accounting(done["rl"].dir)
-    if not rows:
-        return missing("rl_gold_falls", text, 0.0, "the rl run wrote no accounting.jsonl",
-                       direction="below")  # fmt: skip
-    first, last = rows[0], rows[-1]
-    gold = np.array(last["gold"]) - np.array(first["gold"])
-    return from_items("rl_gold_falls", text, gold, direction="below", step="rl", seed=seed,
-                      measure=f"gold(step {last['step']}) - gold(step 0) per held-out prompt "
-                      f"(one sample each), paired over {len(gold)} prompts")  # fmt: skip
+    return _rl_change(
+        done, seed, "gold", missing("rl_gold_falls", text, 0.0, "", direction="below")
+    )
 
 
 def claim_rl_proxy(done: dict[str, StageResult], seed: int) -> Claim:
     text = "...while the reward model's score (the proxy) that RL optimises rises"
-    rows = _accounting(done["rl"].dir)
-    if not rows:
-        return missing("rl_proxy_rises", text, 0.0, "the rl run wrote no accounting.jsonl")
-    first, last = rows[0], rows[-1]
-    proxy = np.array(last["proxy"]) - np.array(first["proxy"])
-    return from_items("rl_proxy_rises", text, proxy, step="rl", seed=seed,
-                      measure=f"proxy(step {last['step']}) - proxy(step 0) per held-out prompt "
-                      f"(reward-model units), paired over {len(proxy)} prompts")  # fmt: skip
+    return _rl_change(done, seed, "proxy", missing("rl_proxy_rises", text, 0.0, ""))
 
 
-def _accounting(run_dir: Path) -> list[dict[str, Any]]:
-    from superalign.train.rl import ACCOUNTING_FILE
-
-    path = run_dir / ACCOUNTING_FILE
-    if not path.is_file():
-        return []
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines artifact."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -168,7 +168,7 @@ def claim_oversight(done: dict[str, StageResult], seed: int) -> Claim:
     text = "Critique assistance lets the weak rater agree with gold more often than unassisted"
     res = done["oversight"]
     thr = res.summary.get("threshold", 0.5)
-    items = [json.loads(x) for x in (res.dir / "items.jsonl").read_text().splitlines() if x]
+    items = _jsonl(res.dir / "items.jsonl")
 
     def right(label: str) -> np.ndarray:
         return np.array([(i["scores"][label] >= thr) == (i["gold"] >= 0.5) for i in items], float)
@@ -198,9 +198,7 @@ def claim_w2s(done: dict[str, StageResult], seed: int) -> Claim:
 def claim_redteam(done: dict[str, StageResult], seed: int) -> Claim:
     text = ("A gradient attacker (GCG) finds failing prompts for the backdoored policy more "
             "often than random search, within the same query budget")  # fmt: skip
-    rows = [
-        json.loads(x) for x in (done["redteam"].dir / "queries.jsonl").read_text().split("\n") if x
-    ]
+    rows = _jsonl(done["redteam"].dir / "queries.jsonl")
     hits = {a: [r["score"] >= 0.5 for r in rows if r["attacker"] == a] for a in ("gcg", "random")}
     value, low, high = difference_interval(hits["gcg"], hits["random"], seed=seed)
     return Claim("redteam_vs_random", text, value, low, high, len(hits["gcg"]), 0.0,
