@@ -11,7 +11,9 @@ Metrics (``metrics.jsonl``):
 
 - ``loss/train``: mean next-token cross-entropy (nats/token) over the last logging interval;
 - ``optim/lr``: learning rate; ``perf/tokens_per_s``: training throughput (non-pad tokens);
-- ``eval/accuracy/d{k}``: gold accuracy on ``eval_n`` held-out test examples at difficulty k.
+- ``eval/accuracy/d{k}``: gold accuracy on ``eval_n`` held-out test examples at difficulty k;
+- ``stop/train_accuracy/d{k}``: with ``stop_at_accuracy``, greedy accuracy on ``eval_n``
+  training-split problems at difficulty k (the stopping rule's figure; never the held-out split).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from superalign.config import set_threads
-from superalign.evaluate import gold_eval_by_difficulty
+from superalign.evaluate import gold_eval, gold_eval_by_difficulty
 from superalign.models.tiny import SIZES, Size, build_model, n_params
 from superalign.models.tokenizer import train_tokenizer
 from superalign.runs import Run, atomic_dir
@@ -77,6 +79,14 @@ class PretrainConfig:
     """Steps between resumable checkpoints (0: none)."""
     threads: int = 0
     """torch CPU threads (0: all cores)."""
+    stop_at_accuracy: float = 0.0
+    """Stop early once greedy accuracy on ``eval_n`` *training-split* problems reaches this at
+    every one of ``stop_difficulties``, checked every ``eval_every`` steps (0: never). It builds a
+    policy of a set competence (a weak model, a test fixture) whatever the seed: when a tiny model
+    learns a skill varies by seed by more than a thousand steps, its accuracy at a fixed step does
+    not hold over seeds. ``steps`` is then the cap (and sets the schedule)."""
+    stop_difficulties: list[int] = field(default_factory=list)
+    """Difficulties the stopping rule checks (empty: ``eval_difficulties``)."""
 
     def __post_init__(self) -> None:
         from superalign.config import ConfigError, check_at_least
@@ -86,6 +96,10 @@ class PretrainConfig:
         check_at_least(self, 1, "steps", "batch_size", "corpus_size", "eval_n")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
+        if not 0 <= self.stop_at_accuracy <= 1:
+            raise ConfigError(f"stop_at_accuracy must be in [0, 1], not {self.stop_at_accuracy}")
+        if self.stop_at_accuracy and not self.eval_every:
+            raise ConfigError("stop_at_accuracy needs eval_every > 0 (the steps between checks)")
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -114,11 +128,12 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
     """Train, evaluate on held-out gold, save ``model/``; returns the summary."""
     set_threads(cfg.threads)
     task = get_task(cfg.task, **cfg.task_options)
-    bad = [d for d in cfg.eval_difficulties if d not in task.difficulties]
-    if bad:
-        raise ValueError(
-            f"eval_difficulties {bad} do not exist in {cfg.task}; it has {list(task.difficulties)}"
-        )
+    for name in ("eval_difficulties", "stop_difficulties"):
+        bad = [d for d in getattr(cfg, name) if d not in task.difficulties]
+        if bad:
+            raise ValueError(
+                f"{name} {bad} do not exist in {cfg.task}; it has {list(task.difficulties)}"
+            )
     texts = task.corpus(cfg.corpus_size, seed=cfg.seed)
 
     tok_dir = run.path("tokenizer")
@@ -165,8 +180,18 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
         run.log(step, accs)
         return accs
 
+    def reached_target(step: int) -> bool:
+        """The stopping rule: training-split greedy accuracy at or above ``stop_at_accuracy``."""
+        accs = {
+            d: gold_eval(model, tokenizer, task, split="train", difficulty=d, n=cfg.eval_n,
+                         seed=cfg.seed, max_new_tokens=cfg.max_new_tokens).accuracy
+            for d in cfg.stop_difficulties or cfg.eval_difficulties
+        }  # fmt: skip
+        run.log(step, {f"stop/train_accuracy/d{d}": a for d, a in accs.items()})
+        return min(accs.values()) >= cfg.stop_at_accuracy
+
     model.train()
-    losses, tokens, t0 = [], 0, time.time()
+    losses, tokens, t0, done = [], 0, time.time(), start
     bar = tqdm(
         range(start, cfg.steps),
         initial=start,
@@ -204,8 +229,13 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
             losses, tokens, t0 = [], 0, time.time()
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            evaluate(done)
+            model.eval()
+            stop = bool(cfg.stop_at_accuracy) and reached_target(done)
+            if not stop:
+                evaluate(done)
             model.train()
+            if stop:
+                break
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             run.save_checkpoint(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, done
@@ -213,7 +243,7 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
     bar.close()
 
     model.eval()
-    final = evaluate(cfg.steps)
+    final = evaluate(done)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(run.path("model")) as tmp:
@@ -225,7 +255,8 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
         "size": cfg.size,
         "params": n_params(model),
         "vocab_size": len(tokenizer),
-        "steps": cfg.steps,
+        "steps": done,
+        "stopped_early": done < cfg.steps,
         "loss/train_first": train_losses[0] if train_losses else None,
         "loss/train_final": train_losses[-1] if train_losses else None,
         **final,

@@ -140,3 +140,37 @@ def test_killed_pretrain_resumes_to_the_same_weights(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(straight.dir / "model").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_stop_at_accuracy_stops_at_the_first_check_that_reaches_it(tmp_path, monkeypatch):
+    """The rule reads training-split accuracy only; here a stand-in reports 0.2, 0.5, 0.9 at the
+    checks of steps 10, 20, 30, so a target of 0.5 stops at step 20 of 60."""
+    import superalign.models.pretrain as pretrain
+    from superalign.evaluate import GoldEval
+
+    figures, splits = iter([0.2, 0.5, 0.9]), []
+
+    def fake_gold_eval(*args, split, **kwargs):
+        splits.append(split)
+        return GoldEval(next(figures), 4, [], [], [])
+
+    monkeypatch.setattr(pretrain, "gold_eval", fake_gold_eval)
+    args = [a for a in SMALL if not a.startswith("steps")] + ["steps=60", "eval_n=4"]
+    args += ["eval_every=10", "log_every=10", "stop_at_accuracy=0.5", "checkpoint_every=0"]
+    run = execute("pretrain", load_config(PretrainConfig, None, args), root=tmp_path)
+    assert run.summary["steps"] == 20 and run.summary["stopped_early"] is True
+    assert splits == ["train", "train"]  # never the held-out split
+    rows = read_metrics(run.dir)
+    key = "stop/train_accuracy/d1"
+    assert [r[key] for r in rows if key in r] == [0.2, 0.5]
+    assert rows[-1]["step"] == 20 and "eval/accuracy/d1" in rows[-1]  # held-out, at the stop
+    assert (run.dir / "model" / "config.json").is_file()
+
+
+def test_stop_at_accuracy_config_checks():
+    from superalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stop_at_accuracy must be in"):
+        PretrainConfig(stop_at_accuracy=1.5)
+    with pytest.raises(ConfigError, match="needs eval_every"):
+        PretrainConfig(stop_at_accuracy=0.7, eval_every=0)
