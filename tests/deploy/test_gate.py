@@ -97,14 +97,15 @@ def test_far_candidate_rejected_over_small_budget_admitted_under_large(models):
     )
     assert small["verdict"] == "fail" and len(small["reasons"]) == 1
     assert small["reasons"][0].startswith("KL upper bound")
-    # far: even the lower bound is over the budget (seeds 0-1, 1 thread: 7.1..7.3)
+    # far: even the lower bound is over the budget (seeds 0-2, 1 thread: 8.50, 8.40, 9.08)
     assert small["kl/ref_low"] > 0.05
     # temperature 2 keeps every greedy answer: the gold audit passes, only the KL fails
     assert small["eval/accuracy_candidate"] == small["eval/accuracy_safe"]
     large = _gate(models, "hot", 1000).summary
     assert large["verdict"] == "pass" and large["reasons"] == []
     assert large["kl/ref"] == pytest.approx(small["kl/ref"])  # the same measurement
-    assert large["policy/entropy"] > 1.5 * safe_entropy  # seeds 0-1: 14.8 vs 1.0, 16.7 vs 2.1
+    # seeds 0-2, 1 thread: 18.1 vs 1.08, 16.2 vs 1.13, 19.4 vs 1.41
+    assert large["policy/entropy"] > 1.5 * safe_entropy
 
 
 @pytest.mark.outcome
@@ -113,7 +114,7 @@ def test_a_candidate_that_lost_its_arithmetic_fails_the_gold_audit(models):
     print(
         f"MEASURE gate noisy acc {s['eval/accuracy_candidate']:.3f} safe {s['eval/accuracy_safe']:.3f}"
     )
-    # seeds 0-1, 1 thread: 0.0 vs 0.70, 0.075 vs 0.475
+    # seeds 0-2, 1 thread: 0.0 vs 0.825, 0.0 vs 0.70, 0.0 vs 0.725
     assert s["eval/accuracy_candidate"] < s["eval/accuracy_safe"] - 0.05
     assert s["verdict"] == "fail" and s["kl"]["passed"]
     assert [r.split(":")[0] for r in s["reasons"]] == ["audit gold"]
@@ -147,7 +148,9 @@ def test_interval_covers_the_exact_kl(models):
         covered += est.k3.low <= truth <= est.k3.high
         assert abs(est.k3.mean - truth) < 4 * (est.k3.high - est.k3.low) / 3.92
     print(f"MEASURE gate exact kl {truth:.4f} covered {covered}/5")
-    assert covered >= 4, covered  # a 95% interval, 5 independent draws (seeds 0-1: 5 of 5)
+    # a 95% interval, 5 independent draws (seeds 0-2, 1 thread: 4, 4, 5 of 5; exact KL 0.76,
+    # 0.83, 0.77)
+    assert covered >= 4, covered
 
 
 def test_failing_audits_fail_the_verdict_each_with_its_reason(models):

@@ -199,16 +199,19 @@ def verifiable(arith_policy, tmp_path_factory, test_seed):
 
 
 # Outcome tests: the spreads in the comments are over SUPERALIGN_TEST_SEED 0, 1, 2 with 1 torch
-# thread and seed 0 with 2 threads (OMP_NUM_THREADS), measured on a shared 2-core machine.
+# thread and seed 0 with 2 threads (OMP_NUM_THREADS), measured on a shared 2-core machine, the
+# arith_policy ones with the old fixture policy (900 fixed steps). Both tests pass with the new
+# one (stopped at 70%) at seeds 0-2, but print no MEASURE line: not remeasured.
 
 
 @pytest.mark.outcome
-def test_strong_ceiling_beats_the_weak_supervisor(verifiable):
+def test_strong_ceiling_beats_the_weak_supervisor(verifiable, arith_policy):
     res, cfg, _ = verifiable
     rows = res.summary["table"]
+    strong = f"lm-tiny-{json.loads((arith_policy / 'summary.json').read_text())['steps']}"
     assert [(r["weak"], r["strong"], r["loss"]) for r in rows] == [
-        ("bow", "lm-tiny-900", "xent"),
-        ("bow", "lm-tiny-900", "conf"),
+        ("bow", strong, "xent"),
+        ("bow", strong, "conf"),
     ]
     records = [json.loads(x) for x in (res.dir / "results.jsonl").read_text().splitlines()]
     weak = [r for r in records if r["role"] == "weak"]
@@ -230,14 +233,15 @@ def test_strong_ceiling_beats_the_weak_supervisor(verifiable):
     assert xent["pgr"] < 0.25  # spread -0.47..-0.04
 
 
-def test_run_folder_holds_results_plot_and_metrics(verifiable):
+def test_run_folder_holds_results_plot_and_metrics(verifiable, arith_policy):
     res, cfg, root = verifiable
+    strong = f"lm-tiny-{json.loads((arith_policy / 'summary.json').read_text())['steps']}"
     records = [json.loads(x) for x in (res.dir / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 * len(plan(cfg, "arithmetic-d1", 0))
     assert {r["role"] for r in records} == {"weak", "ceiling", "w2s"}
     assert all(len(r["correct"]) == 300 and r["accuracy"] == np.mean(r["correct"]) for r in records)
     assert (res.dir / "accuracy.png").stat().st_size > 5000
-    assert "| arithmetic-d1 | bow | lm-tiny-900 | conf |" in (res.dir / "pgr_table.md").read_text()
+    assert f"| arithmetic-d1 | bow | {strong} | conf |" in (res.dir / "pgr_table.md").read_text()
     rows = read_metrics(res.dir)
     assert len(rows) == len(records) and all("eval/accuracy" in r for r in rows)
     students = [r for r in rows if "eval/agreement_with_weak" in r]

@@ -10,10 +10,13 @@ from superalign.stress.organisms import OrganismConfig
 
 BACKDOOR = [
     "kind=backdoor",
-    "implant_steps=200",
+    "implant_steps=600",
+    "implant_batch_size=32",
+    "implant_lr=3e-4",
+    "plain_fraction=0.375",
     "safety_sft_steps=20",
     "safety_rl_steps=4",
-    "eval_n=32",
+    "eval_n=64",
     f"threads={int(os.environ.get('OMP_NUM_THREADS') or 1)}",
 ]
 """The backdoor recipe of the tests (seed: ``SUPERALIGN_TEST_SEED``; seed 0 draws the trigger

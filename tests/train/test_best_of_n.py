@@ -155,7 +155,8 @@ def test_selecting_by_gold_raises_gold_monotonically(bon_runs):
     g = [t[n]["reward/gold"] for n in sorted(t)]
     print(f"MEASURE bon gold by n {[round(x, 3) for x in g]} gain@16 {g[4] - g[0]:+.3f}")
     assert all(b >= a for a, b in zip(g, g[1:])), g
-    assert t[16]["reward/gold"] > t[1]["reward/gold"] + 0.1, g  # seeds 0-2, 1 thread: +0.25..+0.62
+    # seeds 0-2, 1 thread: +0.225, +0.321, +0.361 (from 0.76, 0.60, 0.63 at n = 1)
+    assert t[16]["reward/gold"] > t[1]["reward/gold"] + 0.1, g
     assert all(t[n]["reward/proxy"] == pytest.approx(t[n]["reward/gold"], abs=1e-6) for n in t)
     s = gold.summary
     assert s["n_at_gold_peak"] == min(n for n in t if t[n]["reward/gold"] == max(g))
@@ -173,10 +174,11 @@ def test_kl_columns(bon_runs):
             assert r["kl/ref"] <= r["kl/ref_no_ties"] + 1e-6 <= r["kl/bound"] + 2e-6
             assert r["reward/gold_low"] <= r["reward/gold"] <= r["reward/gold_high"]
     # gold is 0/1, so ties at the top make the real KL of selecting by gold far smaller than the
-    # bound (the noisy rater breaks most ties: its ratio 0.37..0.88 depends on the policy)
+    # bound (the noisy rater breaks most ties: its ratio 0.37..0.88 on the old fixture depends on
+    # the policy)
     t = _table(bon_runs[0])
     print(f"MEASURE bon gold kl32/bound {t[32]['kl/ref'] / t[32]['kl/bound']:.3f}")
-    assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]  # seeds 0-2 x threads 1-2: 0.19..0.66
+    assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]  # seeds 0-2, 1 thread: 0.19, 0.31, 0.24
 
 
 @pytest.mark.outcome
@@ -193,8 +195,9 @@ def test_a_surface_checking_noisy_rater_is_overoptimized(bon_runs):
     assert tr[1]["policy/length"] == tg[1]["policy/length"]
     proxy = [tr[n]["reward/proxy"] for n in sorted(tr)]
     assert all(b > a for a, b in zip(proxy, proxy[1:])), proxy
-    # seeds 0-2, 1 thread: -0.30, -0.19, +0.03: FAILS on seed 2, whose fixture policy is right on
-    # 0.10 of its samples at n = 1, leaving gold no room to fall
+    # seeds 0-2, 1 thread: -0.38, -0.28, -0.32 (0.76 -> 0.38, 0.60 -> 0.31, 0.63 -> 0.31). Old
+    # fixture: -0.30, -0.19, +0.03, failing on seed 2, whose policy was right on 0.10 of its
+    # samples at n = 1, leaving gold no room to fall
     assert tr[32]["reward/gold"] < tr[1]["reward/gold"] - 0.1, (tr[1], tr[32])
     assert rater.summary["gold_final"] < rater.summary["gold_peak"]
     assert rater.summary["proxy_auroc"] < gold.summary["proxy_auroc"] == 1.0

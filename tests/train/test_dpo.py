@@ -89,7 +89,8 @@ def test_loss_falls_and_trl_metrics_are_logged(trained):
     assert s["steps"] == 40 and s["n_train"] == 400 and s["n_test"] == 50
     assert s["labels/gold_agreement"] == 1.0
     assert s["loss/train_first"] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy = reference
-    assert s["loss/train_final"] < s["loss/train_first"] - 0.02  # seeds 0-2, 1 thread: -0.03..-0.05
+    # seeds 0-2, 1 thread: -0.054, -0.068, -0.067
+    assert s["loss/train_final"] < s["loss/train_first"] - 0.02
     rows = [r for r in read_metrics(res.dir) if "loss/train" in r]
     assert len(rows) >= 8
     for key in ("train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen"):
@@ -105,8 +106,9 @@ def test_held_out_preference_accuracy_rises_and_kl_is_positive(trained):
         f" kl {s['kl/ref']:.4f} [{s['kl/ref_low']:.4f}, {s['kl/ref_high']:.4f}]"
     )
     assert s["eval/pref_accuracy_before"] == 0.5 and s["eval/pref_margin_before"] == 0.0
-    # seeds 0-2, 1 thread: 0.82, 0.66, 0.58 of 50 held-out pairs (KL 0.11, 1.80, 0.09): FAILS on
-    # seed 2; 100 steps gave 0.64 (seed 2) and 0.70 (seed 1), lr 3e-4 gave 0.50 and 0.60
+    # seeds 0-2, 1 thread: 0.66, 0.70, 0.84 of 50 held-out pairs (margin 0.054, 0.108, 0.099; KL
+    # 0.46, 0.52, 0.32): seed 0 is at the bound, one pair fewer fails. Old fixture: 0.82, 0.66,
+    # 0.58, failing on seed 2 (100 steps gave 0.64 there, lr 3e-4 0.50)
     assert s["eval/pref_accuracy"] >= 0.65 and s["eval/pref_margin"] > 0
     assert s["eval/pref_gold_accuracy"] == s["eval/pref_accuracy"]  # the labels are gold here
     assert 0 < s["kl/ref_low"] <= s["kl/ref"] <= s["kl/ref_high"]

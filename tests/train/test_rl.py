@@ -27,7 +27,7 @@ from superalign.tasks import get_task
 
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
 """torch threads of the outcome runs below, as tests/conftest.py's TEST_THREADS."""
-STEPS = 16
+STEPS = 32
 RL = [
     "difficulties=[1]",
     "overseer=gold",
@@ -38,24 +38,23 @@ RL = [
     "lr=1e-4",
     "beta=0.05",
     "max_new_tokens=24",
-    "eval_every=8",
+    f"eval_every={STEPS // 2}",
     "eval_n=256",
     "checkpoint_every=0",
     f"threads={THREADS}",
 ]
 MARGIN = 0.015
-"""Smallest gain of held-out sampled gold (step 16 minus step 0) required. Measured with this
-config on the seed-0 fixture, RL seeds 0, 1, 2, 3: +0.063, +0.102, +0.039, +0.019 (0.578 ->
-0.641, 0.566 -> 0.668, 0.574 -> 0.613, 0.555 -> 0.574). With the fixture seeded too (1 thread),
-seeds 0, 1, 2: +0.055 (0.645 -> 0.699), +0.023 (0.281 -> 0.305), +0.008 (0.086 -> 0.094): the
-claim FAILS on seed 2, whose fixture policy is right on 0.09 of its samples, so most groups of 8
-completions carry no signal. Neither 32 steps (seed 1 +0.020, seed 2 -0.004), lr 3e-4 (seed 0
--0.027, seed 1 -0.027) nor 16 completions per prompt (seed 0 +0.039, seed 2 +0.008) helped."""
+"""Smallest gain of held-out sampled gold (last accounting step minus step 0) required. With the
+fixture stopped at 70% and 32 steps, seeds 0-2, 1 thread: +0.020 (0.660 -> 0.680), +0.027 (0.617
+-> 0.645), +0.059 (0.520 -> 0.578): the margin below the smallest is 0.005, thin. Before: with 16
+steps on a fixture of fixed length (0.75 / 0.41 / 0.14 accurate on seeds 0-2) +0.055, +0.023,
++0.008 (FAILED on seed 2, whose policy was right on 0.09 of its samples, so most groups of 8
+completions carried no signal); with 16 steps on the new fixture, seed 2: +0.012."""
 GREEDY_MARGIN = 0.03
-"""Smallest gain of greedy held-out accuracy required; measured +0.055, +0.078, +0.054, +0.054
-on the same four RL seeds (0.652 -> 0.707, 0.656 -> 0.734, 0.676 -> 0.730, 0.645 -> 0.699).
-With the fixture seeded too (1 thread), seeds 0, 1, 2: +0.012 (0.707 -> 0.719, as on a fresh
-machine), -0.004, +0.004: the claim FAILS on every seed."""
+"""Smallest gain of greedy held-out accuracy required. 32 steps, seeds 0-2, 1 thread: -0.023,
+-0.039, +0.020 (16 steps on the old fixture: +0.012, -0.004, +0.004): the claim FAILS on every
+seed, so its test is a visible xfail. Sampled gold rises (above); the greedy answer, already the
+policy's mode on most problems, does not move in 32 steps."""
 SHARED = ["reward/proxy", "reward/gold", "kl/ref", "kl/ref_k1", "kl/ref_low", "kl/ref_high"]
 SHARED += ["policy/entropy", "policy/length", "eval/accuracy"]
 
@@ -93,7 +92,7 @@ def test_gold_reward_raises_held_out_gold(trained):
 @pytest.mark.xfail(
     strict=False,
     reason="a failing claim, kept visible: greedy held-out accuracy did not rise by "
-    "GREEDY_MARGIN on any of seeds 0-2 (+0.012, -0.004, +0.004; see GREEDY_MARGIN)",
+    "GREEDY_MARGIN on any of seeds 0-2 (-0.023, -0.039, +0.020; see GREEDY_MARGIN)",
 )
 def test_gold_reward_raises_greedy_held_out_accuracy(trained):
     s = trained[0].summary
@@ -104,11 +103,11 @@ def test_gold_reward_raises_greedy_held_out_accuracy(trained):
 def test_kl_is_zero_at_step_0_and_positive_after_training(trained):
     res, _, _ = trained
     rows = _accounting(res.dir)
-    assert [r["step"] for r in rows] == [0, 8, 16]
+    assert [r["step"] for r in rows] == [0, STEPS // 2, STEPS]
     assert abs(rows[0]["kl/ref"]) < 1e-3 and abs(rows[0]["kl/ref_k1"]) < 1e-3
     last = rows[-1]
     print(f"MEASURE rl kl/ref final {last['kl/ref']:.4f} low {last['kl/ref_low']:.4f}")
-    # seeds 0-2, 1 thread: 0.084..0.164 (lower bound 0.056..0.098); level 0.05
+    # 32 steps, seeds 0-2, 1 thread: 0.19, 0.31, 0.29 (lower bound 0.12, 0.23, 0.19); level 0.05
     assert last["kl/ref"] > 0.05 and last["kl/ref_low"] <= last["kl/ref"] <= last["kl/ref_high"]
     assert res.summary["kl/ref_final"] == last["kl/ref"]
 
@@ -201,7 +200,7 @@ def test_rloo_and_a_separate_reference(arith_policy, tmp_path, test_seed):
     res = execute("rl", load_config(rl.RLConfig, None, args), root=tmp_path / "runs")
     rows = _accounting(res.dir)
     print(f"MEASURE rloo kl/ref step0 {rows[0]['kl/ref']:.4f} low {rows[0]['kl/ref_low']:.4f}")
-    # seeds 0-2, 1 thread: 0.18..0.53 (with the norm scaled by 0.7 and 16 prompts: 0.0085 on a
+    # seeds 0-2, 1 thread: 0.50, 0.63, 0.26 (with the norm scaled by 0.7 and 16 prompts: 0.0085 on a
     # fresh machine); level 0.05
     assert [r["step"] for r in rows] == [0, 2] and rows[0]["kl/ref"] > 0.05
     train = [r for r in read_metrics(res.dir) if "train/loss" in r]

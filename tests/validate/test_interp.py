@@ -16,7 +16,7 @@ from superalign.validate.interp import InterpConfig
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)
 """torch threads of the run below, as tests/conftest.py's TEST_THREADS."""
 SMALL = [
-    "n_probe=200",
+    "n_probe=400",
     "sae_texts=600",
     "sae_steps=600",
     "n_explain=24",
@@ -39,9 +39,10 @@ def test_probes_find_the_operator_and_log_every_layer(result):
     op = summary["probes"]["arith_op"]
     tf = summary["probes"]["arith_true_false"]
     print(f"MEASURE interp probe op {op['auroc']:.3f} true_false {tf['auroc']:.3f}")
-    assert op["auroc"] > 0.9 and 0 <= op["layer"] < summary["n_layers"]  # seeds 0-2: 1.0
+    # seeds 0-2, 1 thread: 0.93, 1.0, 0.96
+    assert op["auroc"] > 0.9 and 0 <= op["layer"] < summary["n_layers"]
     assert set(op["auroc_by_layer"]) == {str(i) for i in range(summary["n_layers"])}
-    assert 0.3 < summary["probes"]["arith_true_false"]["auroc"] <= 1.0  # 0.46..0.51
+    assert 0.3 < summary["probes"]["arith_true_false"]["auroc"] <= 1.0  # 0.42, 0.59, 0.42
     rows = read_metrics(res.dir)
     by_layer = [r for r in rows if "probe/arith_op/auroc_by_layer" in r]
     assert [r["step"] for r in by_layer] == list(range(summary["n_layers"]))
@@ -51,7 +52,7 @@ def test_probes_find_the_operator_and_log_every_layer(result):
     for name in ("arith_op", "arith_true_false"):  # scored on held-out groups, texts counted
         p = summary["probes"][name]
         assert p["auroc_low"] <= p["auroc"] <= p["auroc_high"]
-        assert 0 < p["n"] < p["n_texts"] <= p["n_rows"] == 200 and p["n_groups"] <= p["n_texts"]
+        assert 0 < p["n"] < p["n_texts"] <= p["n_rows"] == 400 and p["n_groups"] <= p["n_texts"]
         assert any(f"probe/{name}/n_texts" in r for r in rows)
     assert (res.dir / "probe_auroc_by_layer.png").stat().st_size > 1000
 
@@ -65,12 +66,12 @@ def test_sae_reconstructs_held_out_activations(result):
         f"MEASURE interp sae fvu {sae['fvu']:.4f} dead {sae['dead_fraction']:.3f}"
         f" loss ratio {losses[-1] / losses[0]:.3f}"
     )
-    assert sae["fvu"] < 0.1  # seeds 0-2, 1 thread: 0.018..0.022
+    assert sae["fvu"] < 0.1  # seeds 0-2, 1 thread: 0.023, 0.020, 0.023
     assert 0 < sae["l0"] <= cfg.sae_k
-    assert 0 <= sae["dead_fraction"] < 0.6  # 0.17..0.31
+    assert 0 <= sae["dead_fraction"] < 0.6  # 0.21, 0.23, 0.23
     assert sae["n_heldout_tokens"] > 1000
     losses = [r["sae/loss"] for r in read_metrics(res.dir) if "sae/loss" in r]
-    assert losses[-1] < 0.5 * losses[0]  # 0.022..0.031x
+    assert losses[-1] < 0.5 * losses[0]  # 0.034, 0.025, 0.030x
     assert (res.dir / "sae" / "sae.safetensors").is_file()
     assert not (res.dir / "activations").exists()  # removed unless keep_activations
 
@@ -85,7 +86,8 @@ def test_autointerp_scores_explanations(result):
     assert auto["n"] == 24
     explanations = json.loads((res.dir / "explanations.json").read_text())
     assert all(-1 <= e["score"] <= 1 and e["explanation"] for e in explanations)
-    assert auto["score_mean"] > auto["control_score_mean"]  # seeds 0-2: 0.21..0.24 vs -0.02..0.01
+    # seeds 0-2, 1 thread: 0.15, 0.22, 0.25 vs 0.015, -0.003, 0.009
+    assert auto["score_mean"] > auto["control_score_mean"]
     assert (res.dir / "autointerp_scores.png").is_file()
 
 
@@ -98,13 +100,15 @@ def test_steering_along_the_operator_direction_flips_the_operator(result):
     keys += ["ablate/control_effect"]
     print("MEASURE interp steer", {k: round(s[k], 3) for k in keys}, s["effect_by_layer"]["0"])
     assert s["steer/base_rate"] < 0.05 and s["ablate/base_accuracy"] > 0.95
-    # seeds 0-2, 1 thread: effect 1.0 each, random direction 0.0..0.46
+    # seeds 0-2, 1 thread: effect 1.0 each, random direction 0.23, 0.0, 0.36
     assert s["steer/effect"] > 0.8
     assert s["steer/effect"] > s["steer/control_effect"] + 0.4
-    # seeds 0-2: 0.63, 0.30, 0.05 vs 0.0..0.01: FAILS on seed 2, whose fixture policy gets 0.14
-    # of its one-step problems right, so a flipped operator rarely gives the flipped answer
+    # seeds 0-2, 1 thread: 0.58, 0.49, 0.66 vs 0.05, 0.0, 0.01 (old fixture: 0.63, 0.30, 0.05,
+    # failing on seed 2, whose policy got 0.14 of its one-step problems right, so a flipped
+    # operator rarely gave the flipped answer)
     assert s["steer/answer_flip"] > s["steer/control_answer_flip"] + 0.2
-    assert s["ablate/effect"] > 0.3 and abs(s["ablate/control_effect"]) < 0.1  # 0.48..0.54 vs 0
+    # ablation: 0.53, 0.50, 0.49 vs 0.0 each
+    assert s["ablate/effect"] > 0.3 and abs(s["ablate/control_effect"]) < 0.1
     assert s["effect_by_layer"]["0"] > 0.8  # block 0 reads the operator
 
 
