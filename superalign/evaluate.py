@@ -55,14 +55,17 @@ def gold_eval_by_difficulty(
     task: Task,
     difficulties: list[int],
     *,
+    split: str = "test",
     n: int = 200,
     seed: int = 0,
     max_new_tokens: int = 64,
 ) -> dict[int, GoldEval]:
-    """:func:`gold_eval` on held-out test examples at each difficulty (greedy)."""
+    """:func:`gold_eval` on examples of ``split`` (held-out test by default) at each difficulty
+    (greedy)."""
     return {
         d: gold_eval(
-            model, tokenizer, task, difficulty=d, n=n, seed=seed, max_new_tokens=max_new_tokens
+            model, tokenizer, task, split=split, difficulty=d, n=n, seed=seed,
+            max_new_tokens=max_new_tokens,
         )
         for d in difficulties
-    }
+    }  # fmt: skip

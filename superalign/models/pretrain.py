@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from superalign.config import set_threads
-from superalign.evaluate import gold_eval, gold_eval_by_difficulty
+from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.tiny import SIZES, Size, build_model, n_params
 from superalign.models.tokenizer import train_tokenizer
 from superalign.runs import Run, atomic_dir
@@ -182,13 +182,18 @@ def run(cfg: PretrainConfig, run: Run) -> dict[str, Any]:
 
     def reached_target(step: int) -> bool:
         """The stopping rule: training-split greedy accuracy at or above ``stop_at_accuracy``."""
-        accs = {
-            d: gold_eval(model, tokenizer, task, split="train", difficulty=d, n=cfg.eval_n,
-                         seed=cfg.seed, max_new_tokens=cfg.max_new_tokens).accuracy
-            for d in cfg.stop_difficulties or cfg.eval_difficulties
-        }  # fmt: skip
-        run.log(step, {f"stop/train_accuracy/d{d}": a for d, a in accs.items()})
-        return min(accs.values()) >= cfg.stop_at_accuracy
+        evals = gold_eval_by_difficulty(
+            model,
+            tokenizer,
+            task,
+            cfg.stop_difficulties or cfg.eval_difficulties,
+            split="train",
+            n=cfg.eval_n,
+            seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+        run.log(step, {f"stop/train_accuracy/d{d}": ev.accuracy for d, ev in evals.items()})
+        return min(ev.accuracy for ev in evals.values()) >= cfg.stop_at_accuracy
 
     model.train()
     losses, tokens, t0, done = [], 0, time.time(), start

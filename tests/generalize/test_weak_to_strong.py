@@ -189,6 +189,11 @@ def test_pgr_table_reports_pgr_only_over_a_resolved_gap():
     assert summary["pgr_mean/xent"] == r["pgr"] and "pgr_mean/xent_reason" not in summary
 
 
+def _policy_label(policy) -> str:
+    """The label the table gives the fixture policy: its size and the steps it trained."""
+    return f"lm-tiny-{json.loads((policy / 'summary.json').read_text())['steps']}"
+
+
 @pytest.fixture(scope="module")
 def verifiable(arith_policy, tmp_path_factory, test_seed):
     torch.set_num_threads(THREADS)
@@ -208,7 +213,7 @@ def verifiable(arith_policy, tmp_path_factory, test_seed):
 def test_strong_ceiling_beats_the_weak_supervisor(verifiable, arith_policy):
     res, cfg, _ = verifiable
     rows = res.summary["table"]
-    strong = f"lm-tiny-{json.loads((arith_policy / 'summary.json').read_text())['steps']}"
+    strong = _policy_label(arith_policy)
     assert [(r["weak"], r["strong"], r["loss"]) for r in rows] == [
         ("bow", strong, "xent"),
         ("bow", strong, "conf"),
@@ -235,7 +240,7 @@ def test_strong_ceiling_beats_the_weak_supervisor(verifiable, arith_policy):
 
 def test_run_folder_holds_results_plot_and_metrics(verifiable, arith_policy):
     res, cfg, root = verifiable
-    strong = f"lm-tiny-{json.loads((arith_policy / 'summary.json').read_text())['steps']}"
+    strong = _policy_label(arith_policy)
     records = [json.loads(x) for x in (res.dir / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 * len(plan(cfg, "arithmetic-d1", 0))
     assert {r["role"] for r in records} == {"weak", "ceiling", "w2s"}
