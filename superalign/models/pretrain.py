@@ -61,6 +61,10 @@ class PretrainConfig:
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 100
     """Linear warm-up steps before cosine decay to ``lr / 10``."""
+    decay_steps: int = 0
+    """Step at which the cosine decay reaches ``lr / 10`` and stays (0: ``steps``). With
+    ``stop_at_accuracy`` it keeps the schedule, and so when the model learns, independent of the
+    cap ``steps``: a longer cap only adds steps at ``lr / 10``."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not on norms)."""
     grad_clip: float = 1.0
@@ -84,7 +88,8 @@ class PretrainConfig:
     every one of ``stop_difficulties``, checked every ``eval_every`` steps (0: never). It builds a
     policy of a set competence (a weak model, a test fixture) whatever the seed: when a tiny model
     learns a skill varies by seed by more than a thousand steps, its accuracy at a fixed step does
-    not hold over seeds. ``steps`` is then the cap (and sets the schedule)."""
+    not hold over seeds. ``steps`` is then the cap; set ``decay_steps`` so the cap does not also
+    move the schedule."""
     stop_difficulties: list[int] = field(default_factory=list)
     """Difficulties the stopping rule checks (empty: ``eval_difficulties``)."""
 
@@ -94,6 +99,7 @@ class PretrainConfig:
         if self.size not in SIZES:
             raise ConfigError(f"size must be one of {', '.join(SIZES)}, not {self.size!r}")
         check_at_least(self, 1, "steps", "batch_size", "corpus_size", "eval_n")
+        check_at_least(self, 0, "decay_steps", "warmup_steps")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
         if not 0 <= self.stop_at_accuracy <= 1:
@@ -103,10 +109,12 @@ class PretrainConfig:
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to ``cfg.lr``, then cosine decay to ``cfg.lr / 10`` at ``cfg.steps``."""
+    """Linear warm-up to ``cfg.lr``, then cosine decay to ``cfg.lr / 10`` at ``cfg.decay_steps``
+    (default ``cfg.steps``), constant after it."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    end = cfg.decay_steps or cfg.steps
+    t = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 

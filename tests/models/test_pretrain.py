@@ -97,6 +97,12 @@ def test_lr_schedule():
     assert lr_at(0, cfg) == pytest.approx(1e-4)
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-4)
+    # decay_steps ends the decay before the cap: the schedule up to it is the cap's own schedule
+    # at steps=decay_steps, and the rate stays at lr / 10 after it
+    short = PretrainConfig(steps=60, warmup_steps=10, lr=1e-3)
+    capped = PretrainConfig(steps=100, decay_steps=60, warmup_steps=10, lr=1e-3)
+    assert all(lr_at(s, capped) == lr_at(s, short) for s in range(60))
+    assert lr_at(60, capped) == lr_at(99, capped) == pytest.approx(1e-4)
 
 
 def test_killed_pretrain_resumes_to_the_same_weights(tmp_path):
