@@ -9,6 +9,7 @@ teacher-forced, and a test checks that the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,10 +87,16 @@ def sample(
     stop: list[str] | None = None,
     seed: int | None = None,
     batch_size: int = 64,
+    on_step: Callable[[int, list[list[int]]], bool] | None = None,
 ) -> Samples:
     """Sample one completion per prompt. ``temperature=0`` decodes greedily.
 
     Generation stops per row at EOS or when the decoded text contains a ``stop`` string.
+    ``on_step(first, tokens)``, when given, is called after every decoding step with the index
+    in ``prompts`` of the batch's first prompt and the tokens each row of that batch has so far;
+    returning True stops all generation at once (rows not finished end as if they had reached
+    ``max_new_tokens``, and later batches generate nothing). The server streams and enforces its
+    time limit and client disconnects through it.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, not {temperature}")
@@ -98,10 +105,26 @@ def sample(
     device = next(model.parameters()).device
     if seed is not None:
         gen = torch.Generator(device=device).manual_seed(seed)
+    stopped = False
+
+    def step(first: int, tokens: list[list[int]]) -> bool:
+        nonlocal stopped
+        stopped = stopped or (on_step is not None and on_step(first, tokens))
+        return stopped
+
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         part = _sample_batch(
-            model, tokenizer, chunk, max_new_tokens, temperature, top_k, top_p, stop or [], gen
+            model,
+            tokenizer,
+            chunk,
+            0 if stopped else max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            stop or [],
+            gen,
+            lambda tokens, first=start: step(first, tokens),
         )
         for name in ("texts", "prompt_ids", "completion_ids", "logprobs", "finished"):
             getattr(out, name).extend(getattr(part, name))
@@ -109,12 +132,22 @@ def sample(
 
 
 def _sample_batch(
-    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, stop, gen
+    model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, stop, gen, on_step
 ) -> Samples:
     device = next(model.parameters()).device
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     prompt_ids = encode_prompts(tokenizer, prompts)
+    if max_new_tokens == 0:  # nothing to generate (or generation was stopped): no forward
+        n = len(prompts)
+        return Samples(
+            list(prompts),
+            [""] * n,
+            prompt_ids,
+            [[] for _ in prompts],
+            [[] for _ in prompts],
+            [False] * n,
+        )
     ids, mask, pos = left_pad(prompt_ids, pad_id, device)
     batch = len(prompts)
     was_training = model.training
@@ -141,7 +174,7 @@ def _sample_batch(
             if t in eos_ids or (stop and _hit_stop(tokenizer, tokens[i], stop)):
                 done[i] = True
                 finished[i] = True
-        if bool(done.all()):
+        if bool(done.all()) or on_step(tokens):
             break
         tok = tok.masked_fill(done, pad_id)
         mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
@@ -155,7 +188,7 @@ def _sample_batch(
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = next_pos + 1
     model.train(was_training)
-    texts = [_cut(tokenizer.decode([t for t in row if t not in eos_ids]), stop) for row in tokens]
+    texts = [completion_text(tokenizer, row, eos_ids, stop) for row in tokens]
     return Samples(list(prompts), texts, prompt_ids, tokens, logps, finished)
 
 
@@ -204,7 +237,15 @@ def completion_logprobs(
     ]
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def completion_text(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos_ids: set[int], stop: list[str]
+) -> str:
+    """A completion's text as :class:`Samples` holds it: EOS left out, cut before a stop string."""
+    return _cut(tokenizer.decode([t for t in tokens if t not in eos_ids]), stop)
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token id that ends generation (from the generation config, model config, tokenizer)."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         e = getattr(source, "eos_token_id", None)

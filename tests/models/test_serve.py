@@ -2,15 +2,22 @@
 
 What the server returns is checked against local computation: greedy and seeded texts against
 ``sample``, log-probs against teacher-forced ``token_logprobs``, the top next token against the
-model's argmax.
+model's argmax. The server stays up: abandoned and over-long requests stop (an untrained model
+that never emits EOS and has 2^20 positions makes a ``max_tokens: 1000000`` request run), and
+streaming is checked with the ``openai`` client against ``superalign serve`` run as a command
+(on a tiny model that has memorised ``TEXTS``, so it streams words, not stray bytes).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +26,8 @@ import pytest
 import torch
 
 from superalign.models.http import BackendError, OpenAIClient
-from superalign.models.sampling import sample, token_logprobs
-from superalign.models.serve import make_server, render_chat
+from superalign.models.sampling import left_pad, sample, token_logprobs
+from superalign.models.serve import make_server, render_chat, served_name
 from superalign.models.tiny import build_model
 from superalign.models.tokenizer import train_tokenizer
 
@@ -182,7 +189,9 @@ def test_next_token_logprobs_is_a_subdistribution_led_by_the_argmax(client, tiny
         ({"prompt": "hi", "logprobs": 50}, "logprobs"),
         ({"prompt": "hi", "stop": [""]}, "stop"),
         ({"prompt": 3}, "prompt"),
-        ({"prompt": "hi", "stream": True}, "stream"),
+        ({"prompt": "hi", "stream": "yes"}, "stream"),
+        ({"prompt": "hi", "stream": True, "logprobs": 1}, "logprobs"),
+        ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_bad_fields_answer_400_naming_the_field(server, body, field):
@@ -246,3 +255,272 @@ def test_client_retries_5xx_a_bounded_number_of_times(failures, retries, ok):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- a server that stays up -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [{"prompt": ""}, {"prompt": ["hi", ""]}])
+def test_an_empty_prompt_answers_400(server, body):
+    status, answer = _post(server, "/v1/completions", body)
+    assert status == 400
+    assert answer["error"]["param"] == "prompt" and "empty" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 257}, "max_tokens"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 1_000_000}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                  "max_completion_tokens": 1000}, "max_tokens"),
+        ("/v1/completions", {"prompt": TEXTS[0] * 60}, "prompt"),
+        ("/v1/completions", {"prompt": ["hi", TEXTS[0] * 60]}, "prompt"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": TEXTS[0] * 60}]},
+         "messages"),
+    ],
+)  # fmt: skip
+def test_requests_beyond_the_context_answer_400_stating_it(server, path, body, field):
+    status, answer = _post(server, path, body)
+    assert status == 400 and answer["error"]["param"] == field
+    assert "context is 256 tokens" in answer["error"]["message"]  # the tiny model's positions
+
+
+def test_a_completion_ends_at_the_end_of_the_context(server, tiny):
+    _, tokenizer = tiny
+    prompt = " ".join(["cat"] * 300)
+    ids = tokenizer(prompt)["input_ids"]
+    prompt = tokenizer.decode(ids[:253])  # leaves 3 of the 256 positions
+    assert len(tokenizer(prompt)["input_ids"]) == 253
+    status, body = _post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 200})
+    assert status == 200
+    assert (
+        body["usage"]["completion_tokens"] == 3 and body["choices"][0]["finish_reason"] == "length"
+    )
+
+
+@pytest.fixture(scope="module")
+def endless(tiny):
+    """A server whose model never emits EOS and has 2^20 positions: generation runs on."""
+    _, tokenizer = tiny
+    model = build_model("tiny", tokenizer, max_positions=1 << 20, seed=2).eval()
+
+    def no_eos(module, inputs, output):
+        output.logits[..., tokenizer.eos_token_id] = float("-inf")
+
+    model.register_forward_hook(no_eos)
+    srv = make_server(model, tokenizer, port=0, model_name="endless")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def _send_raw(server, path: str, body: dict) -> socket.socket:
+    """Send a request and return the open socket without reading the answer."""
+    data = json.dumps(body).encode()
+    conn = socket.create_connection(server.server_address[:2])
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    conn.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return conn
+
+
+def _wait_until_generating(server, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.lock.locked():
+        assert time.monotonic() < deadline, "the request never started generating"
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the generation
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_its_client_abandoned_stops_and_the_next_is_answered(endless, stream):
+    body = {"prompt": "The cat", "max_tokens": 1_000_000, "temperature": 0, "stream": stream}
+    conn = _send_raw(endless, "/v1/completions", body)
+    _wait_until_generating(endless)
+    if stream:
+        assert conn.recv(4096).startswith(b"HTTP/1.0 200")  # the client saw the stream begin
+    conn.close()
+    start = time.monotonic()
+    status, answer = _post(endless, "/v1/completions", {"prompt": "The cat", "max_tokens": 4})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 4
+    assert time.monotonic() - start < 20  # about 0.1 s; without the check, 1M tokens first
+    assert not endless.lock.locked()
+
+
+def test_a_request_that_waited_for_the_model_and_was_abandoned_never_runs(endless):
+    body = {"prompt": "The cat", "max_tokens": 1_000_000, "temperature": 0}
+    first = _send_raw(endless, "/v1/completions", body)
+    _wait_until_generating(endless)
+    second = _send_raw(endless, "/v1/completions", body)
+    time.sleep(0.3)
+    second.close()  # gone while it waited its turn
+    first.close()
+    start = time.monotonic()
+    assert _post(endless, "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+    assert time.monotonic() - start < 20
+
+
+def test_the_time_limit_cuts_a_long_request_and_unblocks_the_next(endless):
+    srv = make_server(endless.model, endless.tokenizer, port=0, request_timeout=1.0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        answers: dict[str, tuple[int, dict, float]] = {}
+
+        def ask(name: str, max_tokens: int) -> None:
+            start = time.monotonic()
+            status, body = _post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": max_tokens})
+            answers[name] = (status, body, time.monotonic() - start)
+
+        long = threading.Thread(target=ask, args=("long", 1_000_000))
+        long.start()
+        _wait_until_generating(srv)
+        ask("short", 3)
+        long.join(timeout=30)
+        status, body, seconds = answers["long"]
+        assert status == 200 and body["choices"][0]["finish_reason"] == "length"
+        assert 0 < body["usage"]["completion_tokens"] < 1_000_000
+        assert 1.0 <= seconds < 15
+        status, body, seconds = answers["short"]
+        assert status == 200 and body["usage"]["completion_tokens"] == 3
+        assert seconds < 15  # waited at most the rest of the long request's second
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize(
+    "spec, source, name",
+    [
+        ("smollm2-135m-instruct", "preset", "smollm2-135m-instruct"),
+        ("HuggingFaceTB/SmolLM2-135M", "hub", "HuggingFaceTB/SmolLM2-135M"),
+        ("{tmp}/runs/sft-1a2b", "run", "sft-1a2b"),
+        ("{tmp}/runs/sft-1a2b/model/", "folder", "sft-1a2b"),
+        ("{tmp}/runs/../weights/smol.Q8_0.gguf", "gguf", "smol.Q8_0"),
+    ],
+)
+def test_served_name_is_a_name_not_a_path(tmp_path, spec, source, name):
+    (tmp_path / "runs/sft-1a2b/model").mkdir(parents=True)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights/smol.Q8_0.gguf").write_bytes(b"GGUF")
+    assert served_name(spec.format(tmp=tmp_path), {"source": source}) == name
+
+
+# --- `superalign serve` as a command, with the openai client --------------------------------------
+
+
+def _memorised_model(tokenizer, steps: int = 150):
+    """The tiny model trained to reproduce ``TEXTS`` (about 3 s on one core)."""
+    model = build_model("tiny", tokenizer, seed=1)
+    rows = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in TEXTS]
+    ids, mask, pos = left_pad(rows, tokenizer.pad_token_id)
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory):
+    """``superalign serve /abs/path/talker --port P`` in a subprocess; yields (url, folder)."""
+    _, tokenizer = tiny
+    folder = tmp_path_factory.mktemp("serve") / "talker"
+    _memorised_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "superalign.cli", "serve", str(folder.resolve()), "--port",
+         str(port), "--request-timeout", "30"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"server did not start: {proc.stderr.read()}") from None
+                time.sleep(0.5)
+        yield url, folder
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def openai_client(served):
+    openai = pytest.importorskip("openai", reason="the openai client comes with the 'dev' extra")
+    return openai.OpenAI(base_url=served[0] + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models_shows_the_name_not_the_path(served, openai_client):
+    url, folder = served
+    assert [m.id for m in openai_client.models.list()] == ["talker"]
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as response:
+        raw = response.read().decode()
+    assert str(folder.parent) not in raw and json.loads(raw)["data"][0]["superalign"]["path"] == (
+        "talker"
+    )
+
+
+def test_openai_client_streams_a_completion_from_superalign_serve(openai_client):
+    kwargs = {"model": "talker", "prompt": "The cat", "max_tokens": 40, "temperature": 0}
+    whole = openai_client.completions.create(**kwargs)
+    assert whole.choices[0].text.startswith(" sat on the mat.")  # the model memorised TEXTS
+    chunks = list(openai_client.completions.create(**kwargs, stream=True))
+    texts = [c.choices[0].text for c in chunks]
+    assert len([t for t in texts if t]) >= 5  # word by word, not one block at the end
+    assert "".join(texts) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks][-1] == whole.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_openai_client_streams_a_chat_completion_with_usage(openai_client):
+    kwargs = {
+        "model": "talker",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 30,
+        "temperature": 0,
+    }
+    whole = openai_client.chat.completions.create(**kwargs)
+    chunks = list(
+        openai_client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and text.strip()
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_a_stream_never_shows_a_stop_string_and_ends_with_done(served):
+    body = {"prompt": "The cat", "max_tokens": 40, "temperature": 0, "stop": ["dog"]}
+    request = urllib.request.Request(
+        served[0] + "/v1/completions",
+        json.dumps({**body, "stream": True}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = response.read().decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == " sat on the mat. The " and chunks[-1]["choices"][0]["finish_reason"] == "stop"
