@@ -6,14 +6,20 @@ A stage's folder ``<root>/<stage>-<key>`` holds:
   model spec, and a fingerprint of every upstream input); ``key`` is a hash of it;
 - ``metrics.jsonl``: one JSON object per logged step, ``{"step": s, "namespace/name": v, ...}``;
 - ``summary.json``: the final figures. It is written last, atomically, and marks the run done;
-- artifacts (models via ``save_pretrained``, tables, plots) and, while running, ``checkpoint/``.
+- ``manifest.json``: every other file's size and sha256, written just before ``summary.json``;
+- artifacts (models via ``save_pretrained``, tables, plots) and, while running, ``checkpoint/``;
+- ``tensorboard/`` (with ``report_to="tensorboard"``): the ``metrics.jsonl`` scalars as event files.
 
-Re-running a finished stage with the same config returns the stored result; a changed config
-hashes to a new folder; ``force=True`` recomputes. A run that dies midway leaves no summary;
-the next call resumes from its last checkpoint if the stage saved one, otherwise restarts clean.
-Every file is written to a temporary name and renamed into place, so readers never see half
-a file. A lock (``fcntl.flock``, released by the OS when a process dies) keeps two processes
-out of the same folder.
+Re-running a finished stage with the same config returns the stored result, once its files
+match the manifest (sizes always, sha256 of model weights); a corrupted one, or one whose
+summary is not JSON, is recomputed with a one-line notice. A changed config hashes to a new
+folder; ``force=True`` recomputes. A run that dies midway leaves no summary; the next call
+resumes from its last checkpoint if the stage saved one and it is intact, otherwise restarts
+clean. Every file is written to a temporary name and renamed into place, so readers never see
+half a file. A lock (``fcntl.flock``, released by the OS when a process dies) keeps two
+processes out of the same folder; the second is refused with :class:`RunBusyError`.
+Where the scalars also go (TensorBoard, trackio, W&B) is ``report_to``, which is not part of
+the key: it does not change the result.
 """
 
 from __future__ import annotations
@@ -21,19 +27,40 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
+import pickle
+import shlex
 import shutil
+import struct
+import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from superalign import __version__
+from superalign.config import ConfigError
 
 DEFAULT_ROOT = "runs"
 _CHECKPOINT = "checkpoint"
+MANIFEST = "manifest.json"
+MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+"""Files whose sha256 is checked on every reuse (model weights); other files by size only."""
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+"""Where :meth:`Run.log` sends scalars besides ``metrics.jsonl``."""
+
+
+class RunBusyError(ConfigError):
+    """Another process is running the same stage with the same config (it holds the lock)."""
+
+
+class RunCorruptedError(ConfigError):
+    """An upstream run folder no longer matches its manifest; the message gives the command
+    that recomputes it."""
 
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -83,6 +110,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def notice(message: str) -> None:
+    """One line for the user on stderr, ``superalign: <message>``."""
+    print(f"superalign: {message}", file=sys.stderr, flush=True)
+
+
 # --- hashing -------------------------------------------------------------------------------------
 
 
@@ -116,6 +148,243 @@ def fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- finished means intact ----------------------------------------------------------------------
+
+
+def write_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """Record every artifact of a finished run (relative path -> size, sha256) in
+    ``manifest.json``: all files but ``summary.json``, the manifest itself and hidden ones."""
+    run_dir = Path(run_dir)
+    files = {
+        rel: {"size": f.stat().st_size, "sha256": sha256_file(f)} for f, rel in _artifacts(run_dir)
+    }
+    manifest = {"files": files}
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def manifest_problem(run_dir: str | Path, *, hash_models: bool = True) -> str | None:
+    """What is wrong with a run folder against its ``manifest.json``, or None when it matches
+    (or has no manifest: folders written before manifests existed are accepted as before).
+    Sizes are checked for every file, sha256 for model weights (:data:`MODEL_SUFFIXES`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        return None
+    try:
+        files = read_json(run_dir / MANIFEST)["files"]
+        entries = [(rel, int(e["size"]), str(e["sha256"])) for rel, e in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST} is not a valid manifest"
+    for rel, size, sha in entries:
+        f = run_dir / rel
+        if not f.is_file():
+            return f"{rel}: missing"
+        actual = f.stat().st_size
+        if actual != size:
+            return f"{rel}: size {actual}, expected {size}"
+        if hash_models and rel.endswith(MODEL_SUFFIXES) and sha256_file(f) != sha:
+            return f"{rel}: sha256 differs from the manifest"
+    return None
+
+
+def finished_summary(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(summary, None)`` for an intact finished run, ``(None, problem)`` for a corrupted one
+    (a summary that is not a JSON object, files that do not match the manifest), and
+    ``(None, None)`` for a run that has not finished."""
+    run_dir = Path(run_dir)
+    if not is_done(run_dir):
+        return None, None
+    try:
+        summary = read_json(run_dir / "summary.json")
+    except (ValueError, UnicodeDecodeError):
+        return None, "summary.json is not valid JSON"
+    if not isinstance(summary, dict):
+        return None, "summary.json is not a JSON object"
+    problem = manifest_problem(run_dir)
+    return (None, problem) if problem else (summary, None)
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """What makes a ``checkpoint/`` folder unusable (a torn or truncated file), or None.
+
+    Cheap structural checks that need no unpickling: ``step.json`` holds a step, every JSON file
+    parses, every ``.safetensors`` file is as long as its header says, and every torch file
+    (``.pt``, ``.pth``, ``.bin``: zip archives since torch 1.6) passes its CRC checks."""
+    ckpt = Path(ckpt)
+    try:
+        step = read_json(ckpt / "step.json")["step"]
+        if not isinstance(step, int):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{_CHECKPOINT}/step.json does not hold a step"
+    for f in sorted(ckpt.rglob("*")):
+        if not f.is_file() or any(part.startswith(".") for part in f.relative_to(ckpt).parts):
+            continue
+        rel = f"{_CHECKPOINT}/{f.relative_to(ckpt)}"
+        try:
+            if f.suffix == ".json":
+                read_json(f)
+            elif f.suffix == ".safetensors" and not _safetensors_intact(f):
+                return f"{rel}: truncated or not a safetensors file"
+            elif f.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(f) as z:
+                    if z.testzip() is not None:
+                        return f"{rel}: damaged (CRC mismatch)"
+        except (ValueError, UnicodeDecodeError):
+            return f"{rel}: not valid JSON"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return f"{rel}: truncated or not a torch file"
+    return None
+
+
+def _safetensors_intact(path: Path) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header whose tensors' data offsets
+    end where the file ends, and the data."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size:
+                return False
+            header = json.loads(fh.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return False
+    return size == 8 + n + max(ends, default=0)
+
+
+def fix_command(run_dir: str | Path) -> str:
+    """The command that recomputes a registered stage's run folder from its ``config.json``."""
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / "config.json")
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = (
+                value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            )
+
+    walk("", record["config"])
+    args = [f"{k}={v}" for k, v in flat.items()]
+    return shlex.join(
+        ["superalign", record["stage"], "--force", "--runs-dir", str(run_dir.parent), *args]
+    )
+
+
+def _check_inputs(inputs: Mapping[str, str | Path]) -> None:
+    """Refuse upstream run folders that no longer match their manifests (sizes only: cheap on
+    every call), naming the command that recomputes them."""
+    for name, p in sorted(inputs.items()):
+        p = Path(p)
+        if not (p / MANIFEST).is_file() or not is_done(p):
+            continue
+        problem = manifest_problem(p, hash_models=False)
+        if problem:
+            try:
+                how = f"recompute it with: {fix_command(p)}"
+            except (OSError, ValueError, KeyError, TypeError):
+                how = "rerun the command that made it with --force"
+            raise RunCorruptedError(f"input {name}: run {p} is corrupted ({problem}); {how}")
+
+
+def _artifacts(run_dir: Path) -> Iterator[tuple[Path, str]]:
+    for f in sorted(run_dir.rglob("*")):
+        rel = f.relative_to(run_dir)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+            if str(rel) not in ("summary.json", MANIFEST):
+                yield f, rel.as_posix()
+
+
+# --- experiment tracking ------------------------------------------------------------------------
+
+
+def check_report_to(report_to: str | None) -> str:
+    """``report_to`` (None: ``$SUPERALIGN_REPORT_TO``, else ``"none"``), checked: a known choice
+    whose package is installed, else :class:`ConfigError` naming what to install."""
+    value = report_to or os.environ.get("SUPERALIGN_REPORT_TO") or "none"
+    if value not in REPORT_TO:
+        raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, not {value!r}")
+    if value != "none" and importlib.util.find_spec(value) is None:
+        raise ConfigError(f"report_to={value} needs the {value} package: pip install {value}")
+    return value
+
+
+class _TensorBoard:
+    """Event files in ``<run>/tensorboard/``. A resumed run purges the steps after its
+    checkpoint, as ``metrics.jsonl`` drops them."""
+
+    def __init__(self, run: Run) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if run.resumed_from is None else run.resumed_from + 1
+        self.writer = SummaryWriter(str(run.path("tensorboard")), purge_step=purge)
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Trackio:
+    """A local trackio project ``superalign`` (no Space unless ``TRACKIO_SPACE_ID`` is set),
+    one trackio run per run folder."""
+
+    def __init__(self, run: Run) -> None:
+        import trackio
+
+        self.trackio = trackio
+        trackio.init(project="superalign", name=run.dir.name, config=run.config, resume="allow")
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.trackio.log(dict(scalars), step=step)
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+
+class _WandB:
+    """An offline W&B run in ``<run>/wandb/`` (``WANDB_MODE=offline`` unless already set;
+    ``wandb sync`` uploads it later)."""
+
+    def __init__(self, run: Run) -> None:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        import wandb
+
+        self.run = wandb.init(
+            project="superalign", name=run.dir.name, dir=str(run.dir), config=run.config
+        )
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+TRACKERS: dict[str, Callable[[Run], Any]] = {
+    "tensorboard": _TensorBoard,
+    "trackio": _Trackio,
+    "wandb": _WandB,
+}
+"""``report_to`` -> a tracker built on a run's first logged step: ``log(step, scalars)``,
+``close()``."""
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 
@@ -128,6 +397,9 @@ class Run:
     config: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)
     resumed_from: int | None = None
+    report_to: str = "none"
+    """Where :meth:`log` also writes (see :data:`REPORT_TO`); not part of the key."""
+    _tracker: Any = field(default=None, repr=False, compare=False)
 
     def path(self, name: str) -> Path:
         """Path of an artifact inside the run folder."""
@@ -140,6 +412,17 @@ class Run:
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.report_to != "none":
+            if self._tracker is None:
+                self._tracker = TRACKERS[self.report_to](self)
+            scalars = {k: float(v) for k, v in row.items() if _is_number(v) and k != "time"}
+            self._tracker.log(int(step), {k: v for k, v in scalars.items() if k != "step"})
+
+    def close_tracker(self) -> None:
+        """Flush and close the tracker, if :meth:`log` opened one."""
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.dir)
@@ -171,7 +454,17 @@ class Run:
             return None
         import torch
 
-        return torch.load(self.dir / _CHECKPOINT / "state.pt", weights_only=False)
+        try:
+            return torch.load(self.dir / _CHECKPOINT / "state.pt", weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            notice(
+                f"run {self.dir}: checkpoint unreadable ({type(e).__name__}); "
+                "discarding it and restarting clean"
+            )
+            shutil.rmtree(self.dir / _CHECKPOINT, ignore_errors=True)
+            atomic_write_text(self.dir / "metrics.jsonl", "")
+            self.resumed_from = None
+            return None
 
 
 @dataclass
@@ -222,12 +515,17 @@ def run_stage(
     inputs: Mapping[str, str | Path] | None = None,
     root: str | Path | None = None,
     force: bool = False,
+    report_to: str | None = None,
 ) -> StageResult:
-    """Run ``fn(run) -> summary`` in the stage's folder, or reuse a finished result.
+    """Run ``fn(run) -> summary`` in the stage's folder, or reuse a finished, intact result.
 
     ``config`` must be JSON-able and hold everything that determines the result; ``inputs``
     names upstream artifacts (run folders, model folders) whose fingerprints join the key.
+    ``report_to`` (:data:`REPORT_TO`; None reads ``$SUPERALIGN_REPORT_TO``) is where
+    :meth:`Run.log` also sends scalars; it is not part of the key.
     """
+    report_to = check_report_to(report_to)
+    _check_inputs(inputs or {})
     fps = _fingerprints(inputs or {})
     material = _key_material(stage, config, fps)
     run_dir = runs_root(root) / f"{stage}-{config_key(material)}"
@@ -235,16 +533,23 @@ def run_stage(
     barrier = _barrier if world > 1 else lambda: None
     if rank > 0:
         return _run_helper_rank(run_dir, rank, stage, config, fn, inputs, force, barrier)
-    if is_done(run_dir) and not force:
-        barrier()
-        return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
+    if not force:
+        summary, problem = finished_summary(run_dir)
+        if summary is not None:
+            barrier()
+            return StageResult(run_dir, summary, reused=True)
+        if problem:
+            notice(f"run {run_dir} is corrupted ({problem}); recomputing")
     run_dir.mkdir(parents=True, exist_ok=True)
     with _lock(run_dir):
-        if is_done(run_dir) and not force:  # finished by another process while we waited
+        summary, problem = (None, None) if force else finished_summary(run_dir)
+        if summary is not None:  # finished by another process while we waited
             barrier()
-            return StageResult(run_dir, read_json(run_dir / "summary.json"), reused=True)
-        if force or not (run_dir / _CHECKPOINT / "step.json").is_file():
-            _clear(run_dir)  # nothing to resume from: restart clean
+            return StageResult(run_dir, summary, reused=True)
+        if force or problem or not _resumable(run_dir):
+            _clear(run_dir)  # nothing (intact) to resume from: restart clean
+        else:
+            _clear_leftovers(run_dir)
         record = {
             **material,
             "inputs": {k: {"path": str(inputs[k]), "fingerprint": v} for k, v in fps.items()},
@@ -254,17 +559,25 @@ def run_stage(
         if world > 1:
             (run_dir / _CHECKPOINT).mkdir(exist_ok=True)  # the other ranks link to it
         run = Run(
-            run_dir, stage, dict(config), inputs={k: str(v) for k, v in (inputs or {}).items()}
+            run_dir,
+            stage,
+            dict(config),
+            inputs={k: str(v) for k, v in (inputs or {}).items()},
+            report_to=report_to,
         )
         barrier()  # the folder is ready
         start = time.time()
-        summary = dict(fn(run))
+        try:
+            summary = dict(fn(run))
+        finally:
+            run.close_tracker()
         summary.setdefault("wall_seconds", round(time.time() - start, 2))
         if run.resumed_from is not None:
             summary.setdefault("resumed_from_step", run.resumed_from)
         barrier()  # every rank is done with checkpoint/
         shutil.rmtree(run_dir / _CHECKPOINT, ignore_errors=True)
-        atomic_write_json(run_dir / "summary.json", summary)
+        write_manifest(run_dir)
+        atomic_write_json(run_dir / "summary.json", summary)  # last: the run is done
     return StageResult(run_dir, summary, reused=False)
 
 
@@ -329,9 +642,11 @@ def _lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise RuntimeError(
-                f"another process (pid {f.read().strip() or '?'}) is running the stage in {run_dir}; "
-                "wait for it to finish, or stop it and run again"
+            pid = f.read().strip() or "?"
+            raise RunBusyError(
+                f"another process (pid {pid}) is running this stage with this config in "
+                f"{run_dir}; wait for it to finish (its result will then be reused), or stop it "
+                f"(kill {pid}) and run again"
             ) from None
         f.seek(0)
         f.truncate()
@@ -343,6 +658,24 @@ def _lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _resumable(run_dir: Path) -> bool:
+    """Whether ``checkpoint/`` holds an intact checkpoint; a damaged one gets a notice."""
+    if not (run_dir / _CHECKPOINT / "step.json").is_file():
+        return False
+    problem = checkpoint_problem(run_dir / _CHECKPOINT)
+    if problem:
+        notice(f"run {run_dir}: damaged checkpoint ({problem}); discarding it, restarting clean")
+    return problem is None
+
+
+def _clear_leftovers(run_dir: Path) -> None:
+    """Remove temporary files and folders a killed process left (``.name.tmp-PID``,
+    ``.name.old-PID``) before resuming in ``run_dir``."""
+    for p in list(run_dir.rglob(".*")):
+        if (".tmp-" in p.name or ".old-" in p.name) and p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def _clear(run_dir: Path) -> None:
     for p in run_dir.iterdir():
         if p.name == ".lock":
@@ -351,6 +684,10 @@ def _clear(run_dir: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _scalar(v: Any) -> Any:

@@ -6,6 +6,11 @@
 - :func:`run_callback`: copies TRL's per-step log lines into ``metrics.jsonl`` under our metric
   names and writes the ``checkpoint/step.json`` marker that lets :func:`superalign.runs.run_stage`
   keep and resume a killed run.
+
+Experiment tracking (``report_to``) goes through :func:`run_callback` -> ``Run.log``, not through
+TRL's own integrations (``report_to`` stays ``[]`` here): so a TRL stage's TensorBoard / trackio /
+W&B scalars have the names of its ``metrics.jsonl`` (``loss/train``, not TRL's ``train/loss``), as
+every other stage's do, and nothing is written twice under two names.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def trainer_args(
     where: Run | str | Path, *, seed: int, log_every: int, checkpoint_every: int
 ) -> dict[str, Any]:
     """Keyword arguments shared by every TRL config (add the algorithm's own): CPU-safe
-    precision, no reporting, checkpoints into ``where`` (a run's ``checkpoint/`` or a folder)."""
+    precision, no TRL reporting (``Run.log`` does it: see the module docstring), checkpoints into
+    ``where`` (a run's ``checkpoint/`` or a folder)."""
     out = where.path("checkpoint") if isinstance(where, Run) else where
     return {
         "output_dir": str(out),
@@ -38,7 +44,7 @@ def trainer_args(
         "save_strategy": "steps" if checkpoint_every else "no",
         "save_steps": checkpoint_every or 500,
         "save_total_limit": 1,
-        "report_to": [],
+        "report_to": [],  # trackers get run_callback's scalars through Run.log instead
         "use_cpu": not torch.cuda.is_available(),
         "bf16": False,
         "fp16": False,
