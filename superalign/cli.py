@@ -3,6 +3,11 @@
 Stage commands take config overrides as ``key=value``, ``--key value`` or ``--key=value``
 (nested keys with dots: ``task_options.n_entities=40``; in ``--key`` a dash reads as an
 underscore: ``--kl-budget``), on top of an optional ``--config`` YAML file.
+
+Everything a stage or pipeline needs is checked before anything runs (see
+:mod:`superalign.preflight`). A user error (an unknown key, a bad value, task, level or model
+spec, invalid YAML) prints one ``superalign <command>: error: ...`` line, exits 2 and leaves no run
+folder; ``--check`` stops after the checks. Any other error is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from superalign.bench import add_arguments as add_bench_arguments
-from superalign.config import ConfigError, describe, load_config
+from superalign.config import ConfigError, describe, load_config, one_line
 from superalign.runs import process_rank
 from superalign.stages import STAGES
 
@@ -69,6 +74,11 @@ def _common_run_args(p: argparse.ArgumentParser, config: bool = True) -> None:
         action="store_true",
         help="recompute even if a finished run with this config exists",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config (every step of a pipeline) and exit without running anything",
+    )
 
 
 def _print_summary(title: str, summary: dict[str, Any]) -> None:
@@ -86,12 +96,25 @@ def run_stage_command(name: str, args: argparse.Namespace, extra: list[str]) -> 
     cfg_cls, _ = STAGES[name].load()
     if args.help:
         print(
-            f"usage: superalign {name} [key=value ...] [--config FILE] [--runs-dir DIR] [--force]\n"
+            f"usage: superalign {name} [key=value ...] [--config FILE] [--runs-dir DIR] [--force]"
+            " [--check]\n"
         )
         print(f"{STAGES[name].help}\n\nconfig fields:\n{describe(cfg_cls)}")
         return 0
-    cfg = load_config(cfg_cls, args.config, overrides_from_args(extra))
-    res = execute(name, cfg, root=args.runs_dir, force=args.force)
+    overrides = overrides_from_args(extra)
+    # report_to is not a config field: it changes neither the result nor the run folder
+    report_to = [o.partition("=")[2] for o in overrides if o.startswith("report_to=")]
+    overrides = [o for o in overrides if not o.startswith("report_to=")]
+    cfg = load_config(cfg_cls, args.config, overrides)
+    if args.check:
+        from superalign.preflight import check_stage
+
+        check_stage(name, cfg)
+        print(f"{name}: config checked, nothing run")
+        return 0
+    res = execute(
+        name, cfg, root=args.runs_dir, force=args.force, report_to=(report_to or [None])[-1]
+    )
     if process_rank()[0] == 0:  # under accelerate launch / torchrun, rank 0 speaks for all
         verb = "reused finished run (--force recomputes)" if res.reused else "finished"
         _print_summary(f"{name} {verb}: {res.dir}", res.summary)
@@ -109,6 +132,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from superalign.pipeline import load_pipeline, run_pipeline
 
     steps = load_pipeline(args.pipeline, args.overrides)
+    if args.check:
+        from superalign.pipeline import check_pipeline
+
+        check_pipeline(steps)
+        print(f"{args.pipeline}: {len(steps)} steps checked, nothing run")
+        return 0
     results = run_pipeline(steps, root=args.runs_dir, force=args.force)
     for step_id, res in results.items():
         _print_summary(f"{step_id}: {res.dir}", res.summary)
@@ -133,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from superalign.models.serve import serve
 
-    serve(args.model, host=args.host, port=args.port)
+    serve(args.model, host=args.host, port=args.port, request_timeout=args.request_timeout)
     return 0
 
 
@@ -190,7 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        help="seconds one request may generate before it is cut (default 60; 0: no limit)",
+    )
     s.set_defaults(func=cmd_serve)
+    from superalign.stress.blind import add_arguments as add_blind_arguments
+
+    bl = sub.add_parser(
+        "blind", help="an auditing game: stripped organism copies, random names, key kept apart"
+    )
+    add_blind_arguments(bl)
     return parser
 
 
@@ -208,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
-    except ConfigError as e:
-        print(f"superalign {args.command}: error: {e}", file=sys.stderr)
+    except ConfigError as e:  # a user error: one line, no traceback (internal errors keep theirs)
+        print(f"superalign {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -46,7 +46,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(
                 f"{path} must hold a mapping of config keys, not {type(loaded).__name__}"
@@ -59,6 +59,32 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=3e-4)")
         _set_dotted(data, key, value)
     return from_dict(cls, data)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse the YAML file ``path``; a file that is not valid YAML raises :class:`ConfigError`
+    as one line, ``FILE:LINE: problem`` (the parser's own message, without its traceback)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = " ".join(str(p).strip() for p in (e.context, e.problem) if p)
+        raise ConfigError(f"{where}: invalid YAML: {problem or type(e).__name__}") from None
+    except (yaml.YAMLError, ValueError, TypeError) as e:  # a bad tag: '!!int x' is a ValueError
+        raise ConfigError(f"{path}: invalid YAML: {_first_line(e)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (its lines joined), for a CLI's ``error:`` line."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -156,6 +182,8 @@ def describe(cls: type, prefix: str = "") -> str:
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
+    if not all(key.split(".")):
+        raise ConfigError(f"override key {key!r} has an empty part between dots")
     node = data
     for p in parents:
         node = node.setdefault(p, {})
@@ -164,11 +192,28 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _yaml_value(value: str, key: str, what: str) -> Any:
+    """A CLI string read as YAML (a list or mapping); invalid YAML is a :class:`ConfigError`."""
+    try:
+        return yaml.safe_load(value)
+    except (yaml.YAMLError, ValueError, TypeError) as e:
+        raise ConfigError(f"{key} must be {what}, not {value!r} ({_first_line(e)})") from None
+
+
 def _unknown_key(cls: type, key: str, prefix: str = "") -> typing.NoReturn:
-    key, keys = prefix + key, [prefix + k for k in valid_keys(cls)]
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(keys)}."
-    raise ConfigError(f"unknown config key '{key}' for {cls.__name__}.{hint}")
+    keys = valid_keys(cls)
+    close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)  # the shared prefix aside
+    hint = (
+        f" Did you mean '{prefix}{close[0]}'?"
+        if close
+        else f" Valid keys: {', '.join(prefix + k for k in keys)}."
+    )
+    raise ConfigError(f"unknown config key '{prefix}{key}' for {cls.__name__}.{hint}")
 
 
 def _dataclass_in(tp: Any) -> type | None:
@@ -203,7 +248,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         try:
             return yaml.safe_load(value)
-        except yaml.YAMLError:  # not YAML (e.g. ">="): the string itself
+        except (yaml.YAMLError, ValueError, TypeError):  # not YAML (e.g. ">="): the string itself
             return value
     if _is_union(tp):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -235,7 +280,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key + ".")
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
-            parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            parsed = (
+                _yaml_value(value, key, "a list")
+                if value.strip().startswith("[")
+                else value.split(",")
+            )
             value = parsed if isinstance(parsed, list) else [parsed]
         if not isinstance(value, (list, tuple)):
             value = [value]
@@ -244,7 +293,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key, "a mapping")
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, not {value!r}")
         value_tp = args[1] if len(args) == 2 else Any
@@ -277,6 +326,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, not {value!r}")
         return str(value)
     if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key} must be a path, not {value!r}")
         return Path(value)
     return value
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from superalign.config import to_dict
+from superalign.preflight import check_stage
 from superalign.runs import StageResult, run_stage
 
 
@@ -39,18 +40,19 @@ STAGES: dict[str, Stage] = {
         "superalign.models.pretrain",
         "PretrainConfig",
         "train a tiny model from scratch on a task corpus",
+        inputs=("task_options",),
     ),
     "sft": Stage(
         "superalign.train.sft",
         "SFTStageConfig",
         "supervised fine-tuning on task demonstrations (TRL SFTTrainer)",
-        inputs=("model",),
+        inputs=("model", "task_options"),
     ),
     "preferences": Stage(
         "superalign.train.preferences",
         "PreferencesConfig",
         "collect preference pairs from a policy and an overseer (or from data), with gold labels",
-        inputs=("model", "overseer", "overseer_options"),
+        inputs=("model", "overseer", "overseer_options", "task_options"),
     ),
     "reward_model": Stage(
         "superalign.train.reward_model",
@@ -62,25 +64,25 @@ STAGES: dict[str, Stage] = {
         "superalign.train.rl",
         "RLConfig",
         "optimize a policy against any overseer with a KL penalty (TRL GRPO / RLOO)",
-        inputs=("model", "overseer", "reference", "overseer_options"),
+        inputs=("model", "overseer", "reference", "overseer_options", "task_options"),
     ),
     "dpo": Stage(
         "superalign.train.dpo",
         "DPOStageConfig",
         "direct preference optimization on preference pairs (TRL DPOTrainer)",
-        inputs=("model", "preferences", "reference"),
+        inputs=("model", "preferences", "reference", "task_options"),
     ),
     "best_of_n": Stage(
         "superalign.train.best_of_n",
         "BestOfNConfig",
         "best-of-n sampling against any overseer, with gold and KL for each n",
-        inputs=("model", "overseer", "overseer_options"),
+        inputs=("model", "overseer", "overseer_options", "task_options"),
     ),
     "judge_eval": Stage(
         "superalign.overseers.judge",
         "JudgeEvalConfig",
         "measure an LLM judge's agreement with gold on a task",
-        inputs=("model", "policy"),
+        inputs=("model", "policy", "task_options"),
     ),
     "overoptimization": Stage(
         "superalign.train.overoptimization",
@@ -92,7 +94,7 @@ STAGES: dict[str, Stage] = {
         "superalign.generalize.weak_to_strong",
         "WeakToStrongConfig",
         "weak-to-strong generalization: weak labels, strong student, gold ceiling, PGR",
-        inputs=("models",),
+        inputs=("models", "task_options"),
     ),
     "easy_to_hard": Stage(
         "superalign.generalize.easy_to_hard",
@@ -106,6 +108,7 @@ STAGES: dict[str, Stage] = {
             "rm_hard",
             "hard_preferences",
             "bon_model",
+            "task_options",
         ),
     ),
     "critic": Stage(
@@ -129,32 +132,32 @@ STAGES: dict[str, Stage] = {
         "superalign.validate.interp",
         "InterpConfig",
         "activations, linear probes, sparse autoencoder, explain-simulate-score, steering check",
-        inputs=("model",),
+        inputs=("model", "task_options"),
     ),
     "redteam": Stage(
         "superalign.validate.redteam",
         "RedTeamConfig",
         "automated red teaming: attackers search for prompts that trigger a behaviour",
-        inputs=("target", "attacker"),
+        inputs=("target", "attacker", "task_options"),
     ),
     "organism": Stage(
         "superalign.stress.organisms",
         "OrganismConfig",
         "train a deliberately misaligned model organism (or its clean control) with a sealed "
         "record of its flaw",
-        inputs=("model",),
+        inputs=("model", "task_options"),
     ),
     "audit": Stage(
         "superalign.stress.audit",
         "AuditConfig",
         "run every detector blind on model organisms and their controls; score them afterwards",
-        inputs=("organisms", "reference", "judge"),
+        inputs=("organisms", "reference", "judge", "key"),
     ),
     "gate": Stage(
         "superalign.deploy.gate",
         "GateConfig",
         "admit a candidate policy only within a KL budget of a safe one and when its audits pass",
-        inputs=("candidate", "safe", "audits"),
+        inputs=("candidate", "safe", "audits", "task_options"),
     ),
 }
 
@@ -166,15 +169,26 @@ def execute(
     inputs: Mapping[str, str | Path] | None = None,
     root: str | Path | None = None,
     force: bool = False,
+    report_to: str | None = None,
 ) -> StageResult:
     """Run stage ``name`` with config ``cfg`` in its run folder, or reuse a finished result.
 
     ``inputs`` adds to (and overrides) the upstream paths found by :func:`stage_inputs`.
+    ``report_to`` (``none`` | ``tensorboard`` | ``trackio`` | ``wandb``; None reads
+    ``$SUPERALIGN_REPORT_TO``) also sends the run's logged scalars there; it is not part of the
+    config, so it never changes the run folder (see :func:`superalign.runs.run_stage`).
     """
     _, fn = STAGES[name].load()
+    check_stage(name, cfg)  # task, levels, steps, model specs: a user error leaves no run folder
     inputs = {**stage_inputs(name, cfg), **(inputs or {})}
     return run_stage(
-        name, to_dict(cfg), lambda run: fn(cfg, run), inputs=inputs, root=root, force=force
+        name,
+        to_dict(cfg),
+        lambda run: fn(cfg, run),
+        inputs=inputs,
+        root=root,
+        force=force,
+        report_to=report_to,
     )
 
 

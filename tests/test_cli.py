@@ -153,3 +153,26 @@ def test_serve_command_answers_the_client(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    import superalign.stages
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(superalign.stages, "execute", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # not turned into an exit code
+        main(["pretrain", "steps=1"])
+
+
+def test_user_errors_print_one_line_even_for_multi_line_messages(monkeypatch, capsys):
+    import superalign.preflight
+    from superalign.config import ConfigError
+
+    def fail(*args, **kwargs):
+        raise ConfigError("first line\n  second line")
+
+    monkeypatch.setattr(superalign.preflight, "check_stage", fail)
+    assert main(["pretrain", "--check"]) == 2
+    assert capsys.readouterr().err == "superalign pretrain: error: first line second line\n"

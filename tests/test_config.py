@@ -133,3 +133,21 @@ def test_check_at_least_names_the_first_field_below_the_minimum():
     check_at_least(C(), 0, "a")
     with pytest.raises(ConfigError, match="b must be at least 0, not -1"):
         check_at_least(C(), 0, "a", "b")
+
+
+def test_invalid_yaml_is_one_line_with_file_and_line(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("steps: 1\nsize: [tiny\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML: ") as info:
+        load_config(Cfg, y)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="not a text"):
+        (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+        load_config(Cfg, tmp_path / "bin.yaml")
+
+
+def test_malformed_list_and_mapping_overrides_are_config_errors():
+    with pytest.raises(ConfigError, match=r"levels must be a list, not .\[1, 2."):
+        load_config(Cfg, None, ["levels=[1, 2"])
+    with pytest.raises(ConfigError, match="override key 'a..b' has an empty part"):
+        load_config(Cfg, None, ["a..b=1"])

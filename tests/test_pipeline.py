@@ -74,3 +74,68 @@ def test_shipped_pipelines_load_and_every_step_config_is_valid(path):
         config = json.loads(re.sub(r"\$\{\w+\}", "runs/upstream", json.dumps(step.config)))
         cfg_cls, _ = STAGES[step.stage].load()
         from_dict(cfg_cls, config, prefix=f"{step.id}.")  # raises ConfigError when invalid
+
+
+def test_every_step_is_checked_before_step_1_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runs = tmp_path / "runs"
+    path = write(
+        tmp_path,
+        f"""\
+        stages:
+          - {{id: a, stage: pretrain, config: {QUICK}}}
+          - {{id: b, stage: sft, config: {{model: "${{a}}", task: arithmetc}}}}
+        """,
+    )
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step b (sft): task='arithmetc'" in err[0], err
+    assert not runs.exists()  # step a never ran
+    with pytest.raises(ConfigError, match=r"step b \(sft\): model: unknown preset"):
+        run_pipeline(
+            load_pipeline(path, ["b.task=arithmetic", "b.model=smollm2-135m-instuct"]), root=runs
+        )
+    assert not runs.exists()
+
+
+def test_references_are_placeholders_while_checking(tmp_path):
+    from superalign.pipeline import check_pipeline
+
+    text = """\
+        stages:
+          - {id: a, stage: pretrain}
+          - {id: b, stage: sft, config: {model: "${a}", difficulties: [9]}}
+        """
+    with pytest.raises(ConfigError, match="step b .*no difficulty level 9"):
+        check_pipeline(load_pipeline(write(tmp_path, text)))
+    check_pipeline(load_pipeline(write(tmp_path, text), ["b.difficulties=[2]"]))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stages: []", "'stages' is empty"),
+        ("stages: [{stage: pretrain, config: [1, 2]}]", "config must be a mapping"),
+        ("stages: [{id: 'a b', stage: pretrain}]", "must be letters, digits"),
+        (
+            "stages:\n  - id: a\n    stage: pretrain\n    config: {steps: 1\n",
+            r"p.yaml:\d+: invalid YAML",
+        ),
+        ("stages:\n  - id: a\n\tstage: pretrain\n", r"p.yaml:3: invalid YAML"),
+    ],
+)
+def test_bad_pipelines_are_one_line_user_errors(tmp_path, capsys, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(path)
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("superalign run: error: "), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_flag_checks_a_pipeline_without_running_it(tmp_path, capsys):
+    path = write(tmp_path, f"stages: [{{id: a, stage: pretrain, config: {QUICK}}}]")
+    assert main(["run", str(path), "--check", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "1 steps checked, nothing run" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()

@@ -139,17 +139,91 @@ def load_model(
         path = Path(spec).expanduser()
         if path.exists():
             model, tokenizer, info = _load_local(path, torch_dtype)
-        elif _looks_local(spec):
+        elif looks_local(spec):
             raise ModelLoadError(f"no such file or folder: {spec!r} ({path.absolute()})")
         else:
             model, tokenizer, info = _load_hub(spec, torch_dtype)
     return _finish(model, tokenizer, {"spec": spec, **info}, device)
 
 
+def check_spec(spec: str | os.PathLike[str]) -> str:
+    """Resolve ``spec`` as :func:`load_model` would, without loading anything, and return the
+    source it names (preset|gguf|run|folder|hub). A spec that cannot load raises
+    :class:`ModelLoadError` with one line saying what to give instead: a missing path, a file
+    that is not ``.gguf``, a folder that holds no model, an unfinished run, a misspelt preset, a
+    malformed hub id, or a hub id that is not in the local Hugging Face cache while the hub is
+    off limits (``HF_HUB_OFFLINE``) or unreachable. Stages call it before their run folder exists.
+    """
+    spec = str(spec)
+    if spec in PRESETS:
+        return "preset"
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{spec!r} is a file but not a .gguf file; {_SPEC_KINDS}")
+        return "gguf"
+    if path.is_dir():
+        if _is_run_folder(path):
+            if not (path / "summary.json").is_file():
+                raise ModelLoadError(
+                    f"run folder {spec!r} has no summary.json: its stage has not finished; "
+                    "run that stage again to finish it"
+                )
+            if not (path / "model" / "config.json").is_file():
+                raise ModelLoadError(f"run folder {spec!r} holds no model (no model/config.json)")
+            return "run"
+        if (path / "config.json").is_file():
+            return "folder"
+        raise ModelLoadError(
+            f"{spec!r} holds no model (no config.json, no summary.json and model/)"
+        )
+    if looks_local(spec):
+        raise ModelLoadError(f"no such file or folder: {spec!r} ({path.absolute()})")
+    return _check_hub_id(spec)
+
+
+_SPEC_KINDS = (
+    "give a model folder (config.json), a run folder (summary.json and model/), a .gguf file, "
+    f"a preset ({', '.join(PRESETS)}) or a Hugging Face hub id"
+)
+
+
+def _check_hub_id(spec: str) -> str:
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(spec, "config.json"), str)
+    except (HFValidationError, ValueError):
+        raise ModelLoadError(
+            f"{spec!r} is no file, folder, preset or hub id; {_SPEC_KINDS}"
+        ) from None
+    if cached:
+        return "hub"
+    close = difflib.get_close_matches(spec, PRESETS, n=1, cutoff=0.75)
+    if close and "/" not in spec:
+        raise ModelLoadError(
+            f"unknown preset {spec!r}. Did you mean {close[0]!r}? Presets: {', '.join(PRESETS)}"
+        )
+    if _hub_reachable():
+        return "hub"
+    why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face hub is unreachable"
+    raise ModelLoadError(
+        f"{spec!r} is not a local file or folder and, as a hub id, is not in the local Hugging "
+        f"Face cache ({constants.HF_HUB_CACHE}) while {why}. Download it where the hub is "
+        f"reachable (hf download {spec}) and copy the cache here, or give a local model folder, "
+        f"a run folder, a .gguf file or a preset ({', '.join(PRESETS)})"
+    )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 # --- resolution ---------------------------------------------------------------------------------
 
 
-def _looks_local(spec: str) -> bool:
+def looks_local(spec: str) -> bool:
     """Whether ``spec`` is meant as a local path (hub ids are ``name`` or ``org/name``)."""
     if spec.startswith(("/", "./", "../", "~")) or spec in (".", "..") or spec.endswith(".gguf"):
         return True
@@ -230,7 +304,7 @@ def _load_hub(spec: str, dtype: torch.dtype | str) -> tuple[Any, Any, dict[str, 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """False when offline mode is set or the hub's host cannot be connected to."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _hub_offline():
         return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # a proxy decides; let the hub client find out
