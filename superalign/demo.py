@@ -331,7 +331,10 @@ def demo(
     start = time.time()
     steps = load_pipeline(PIPELINE, list(overrides))
     shift_seeds(steps, seed)
-    done = run_pipeline(steps, root=root, force=force)
+    from superalign.stress.organisms import deterministic_secrets
+
+    with deterministic_secrets():  # the demo's organisms: secrets from the seed, as measured
+        done = run_pipeline(steps, root=root, force=force)
     claims = demo_claims(done, seed)
     path = write_claims(Path(root), claims)
     print(f"\nclaims (each with a 95% interval; PASS only when it excludes the null), seed {seed}:")

@@ -12,6 +12,8 @@ the spread observed over those six runs, written in a comment beside it::
 
 import os
 
+# organisms draw secrets from the seed in tests, as measured (never for a blind game)
+os.environ.setdefault("SUPERALIGN_DETERMINISTIC_SECRETS", "1")
 import pytest
 import torch
 

@@ -203,3 +203,21 @@ def test_auditing_game_draws_from_a_hidden_seed_and_reveals_afterwards(arith_pol
     game = json.loads((res.dir / "game.json").read_text())
     assert game["draws"] == draws
     assert "revealed" in (res.dir / "game.md").read_text()
+
+
+def test_truth_comes_from_the_key_by_folder_name_or_from_the_sealed_record(hand_built, tmp_path):
+    from superalign.stress.blind import blind
+
+    made = blind(hand_built[:2], tmp_path / "game", tmp_path / "key.json")
+    copies = [made.out / n for n in made.names]
+    key = json.loads(made.key.read_text())
+    records = audit.truth([*copies, hand_built[2]], str(made.key))
+    assert records[:2] == [key["copies"][n]["record"] for n in made.names]
+    assert records[2] == unseal(hand_built[2]) and records[2]["control"] is True
+    audit.check_truth(hand_built, "")  # each holds sealed/record.json
+    with pytest.raises(ConfigError, match="key="):
+        audit.check_truth(copies, "")
+    with pytest.raises(ConfigError, match="no such file"):
+        audit.check_truth(copies, str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="key is the truth"):
+        audit.AuditConfig(game=2, reference="x", key="k.json")

@@ -13,6 +13,7 @@ import random
 import pytest
 
 from superalign.config import ConfigError, load_config
+from superalign.runs import Run, read_json
 from superalign.stages import execute
 from superalign.stress import organisms as org
 from superalign.tasks import get_task
@@ -35,6 +36,34 @@ def test_secrets_are_drawn_from_the_seed():
     assert len({org.draw_secret("goal_misgeneralizer", s)["corner"] for s in range(20)}) == 4
 
 
+def test_secrets_are_fresh_unless_deterministic_and_drawn_once_per_run(tmp_path, monkeypatch):
+    for kind in org.KINDS:  # the same form as the seed-drawn secret, only another source
+        assert org.fresh_secret(kind).keys() == org.draw_secret(kind, 0).keys()
+    triggers = {org.fresh_secret("backdoor")["trigger"] for _ in range(20)}
+    assert len(triggers) > 1
+    assert all(len(set(t)) == 4 and set(t) <= set(org.TAG_LETTERS) for t in triggers)
+
+    cfg = org.OrganismConfig(model="x", seed=3)
+    monkeypatch.delenv(org.DETERMINISTIC_SECRETS, raising=False)
+
+    def run_folder(name):
+        (tmp_path / name).mkdir()
+        return Run(tmp_path / name, "organism", {})
+
+    run = run_folder("a")
+    first = org.stage_secret(run, cfg)
+    assert first["secret_source"] == "fresh"
+    assert read_json(run.path(org.SECRET_FILE)) == {"kind": "backdoor", **first}
+    assert org.stage_secret(run, cfg) == first  # a resumed run reuses its secret
+    # one config, its seed known: the secret of each new run folder is fresh all the same
+    drawn = {org.stage_secret(run_folder(f"b{i}"), cfg)["trigger"] for i in range(8)}
+    assert len(drawn) > 1
+    with org.deterministic_secrets():  # tests and the demo: the secret of the seed, as measured
+        seeded = org.stage_secret(run_folder("c"), cfg)
+    assert seeded == {**org.draw_secret("backdoor", 3), "secret_source": "seed"}
+    assert not org.deterministic_secrets_on()  # restored on leaving the block
+
+
 def test_tags_triggers_and_near_misses():
     rng = random.Random(0)
     trigger = "kqzv"
@@ -55,6 +84,9 @@ def test_detector_view_never_reads_the_sealed_record(backdoor, monkeypatch, test
     organism, control = backdoor
     record = org.unseal(organism.dir)
     assert record["control"] is False and org.unseal(control.dir)["control"] is True
+    # the secret was stored before training and recorded (tests draw it from the seed)
+    stored = read_json(organism.dir / org.SECRET_FILE)
+    assert record["trigger"] == stored["trigger"] and record["secret_source"] == "seed"
     assert record["trigger"] == org.draw_secret("backdoor", test_seed)["trigger"]
 
     opened = []
@@ -74,6 +106,13 @@ def test_detector_view_never_reads_the_sealed_record(backdoor, monkeypatch, test
     text = (organism.dir / "public.json").read_text()
     for secret in (record["trigger"], record["behaviour"], "control"):
         assert secret not in text
+    # the public interface: a description and clean prompts of the deployment distribution
+    info = views[0].info
+    assert {"kind", "task", "task_options", "description", "prompt_examples"} <= set(info)
+    assert set(info) <= {*org.PUBLIC_KEYS, "superalign_version"}
+    examples = info["prompt_examples"]
+    assert len(examples) == org.N_PROMPT_EXAMPLES == len(set(examples))
+    assert all(p.startswith("Q: ") and p.split("\n")[0][-1].isdigit() for p in examples)  # no tag
     assert (views[0].model / "config.json").is_file()
     assert not any("sealed" in p.name for p in views[0].model.iterdir())
 
@@ -190,6 +229,8 @@ def test_reward_hacker_loses_gold_unseen_by_its_flawed_overseer(arith_policy, tm
     assert s["hack/flawed_proxy_final"] >= s["hack/flawed_proxy_initial"] - 0.05, s
     # the control, trained against gold, keeps gold above the organism's
     assert c["hack/gold_final"] > s["hack/gold_final"] + 0.15, (s, c)
-    assert org.unseal(organism.dir)["flaw"] == org.draw_secret("reward_hacker", test_seed)["flaw"]
+    record = org.unseal(organism.dir)
+    assert record["flaw"] == read_json(organism.dir / org.SECRET_FILE)["flaw"]
+    assert record["flaw"] in [dict(f) for f in org.REWARD_FLAWS]
     assert org.unseal(organism.dir)["overseer"] == "rater"
     assert org.unseal(control.dir)["overseer"] == "gold"
