@@ -27,6 +27,7 @@ TEST_THREADS ?= 1
 
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	test -d /usr/share/wordnet || (apt-get update -qq && apt-get install -y -qq wordnet-base)  # world:hypernyms
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
