@@ -17,7 +17,10 @@ Specs (the names in :data:`OVERSEERS`, or a path):
 - ``process``: process supervision, the share of correct steps
   (:class:`~superalign.overseers.assisted.ProcessOverseer`);
 - ``sneaky``: red-team reward for wrong solutions a rater accepts
-  (:class:`~superalign.overseers.assisted.SneakyReward`; option ``rater``).
+  (:class:`~superalign.overseers.assisted.SneakyReward`; option ``rater``);
+- ``probe``: a latent-knowledge judge, P(true) under a truth probe on the model's own
+  activations, fitted on a ``world`` dataset (:class:`~superalign.overseers.probe_judge.
+  ProbeJudge`; options ``model``, ``dataset``, ``layer``, ...).
 
 Every overseer is built for the examples whose prompts it will see (gold and raters need their
 ground truth), and is used only through ``score(prompts, completions)``.
@@ -45,6 +48,7 @@ OVERSEERS: dict[str, str] = {
     "consultant": "superalign.overseers.assisted:Consultant.build",
     "process": "superalign.overseers.assisted:ProcessOverseer",
     "sneaky": "superalign.overseers.assisted:SneakyReward.build",
+    "probe": "superalign.overseers.probe_judge:ProbeJudge.build",
 }
 """Overseer name -> its builder, ``module:attribute``, imported when used. A builder takes the
 overseer's options as keyword arguments, plus ``task`` and ``examples`` when it names them."""

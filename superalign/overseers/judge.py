@@ -39,6 +39,18 @@ answers (:func:`wrong_answer`) or on a policy's samples. The stage logs, at step
 - ``gold/good_share``: share of gold-good completions;
 - ``judge/p_yes``: mean score; ``judge/yes_no_mass``: mean raw P(yes) + P(no), how much of the
   next token the question's two answers take.
+
+With ``judges=[prompted,probe,...]`` it compares several overseers side by side on the same
+items: ``prompted`` is the judge above, ``probe`` the latent-knowledge judge
+(:class:`~superalign.overseers.probe_judge.ProbeJudge`), any other name an overseer of
+:func:`~superalign.overseers.build_overseer`. For every judge (the single prompted judge too):
+
+- ``auroc/<judge>``, ``auroc/<judge>_low``, ``auroc/<judge>_high``: its AUROC against gold with
+  a 95% bootstrap interval over questions (a question's good and bad completions resampled
+  together; :func:`~superalign.metrics.auroc_interval`);
+- ``accuracy/<judge>``: share of accept (score >= ``threshold``) / reject decisions matching gold.
+
+The ``oversight/*`` keys are the first judge's; ``judge/*`` are the prompted judge's when present.
 """
 
 from __future__ import annotations
@@ -55,7 +67,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from superalign.config import set_threads
+from superalign.metrics import auroc_interval
 from superalign.overseers.base import OverseerAgreement, agreement_with_gold
+from superalign.overseers.build import OVERSEERS, build_overseer
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks.base import Example, Task
 
@@ -346,13 +360,21 @@ def judge_agreement(
 
 @dataclass
 class JudgeEvalConfig:
-    """Measure an LLM judge's agreement with the task's gold grader on held-out completions."""
+    """Measure judges' agreement with the task's gold grader on held-out completions."""
 
     model: str = "smollm2-135m-instruct"
     """The judge: a ``load_model`` spec or the URL of an OpenAI-compatible server."""
     judge_options: dict[str, Any] = field(default_factory=dict)
     """Other options of :meth:`LLMJudge.build` (``template``, ``prompt_format``,
     ``batch_size``, ``top_logprobs``, ``server_model``, ``device``)."""
+    judges: list[str] = field(default_factory=lambda: ["prompted"])
+    """Judges compared on the same items: ``prompted`` (the LLM judge on ``model``), ``probe``
+    (:class:`~superalign.overseers.probe_judge.ProbeJudge`; its ``model`` defaults to ``model``,
+    its ``dataset`` to the task's world dataset, else cities) or any other overseer name of
+    :func:`~superalign.overseers.build_overseer`."""
+    judges_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Options of each judge but ``prompted`` (``judge_options``), keyed by its name, e.g.
+    ``judges_options.probe.layer=12``."""
     task: str = "arithmetic"
     """Task family whose examples are judged."""
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -392,6 +414,15 @@ class JudgeEvalConfig:
             raise ConfigError("policy is used only with completions=policy")
         if "model" in self.judge_options:
             raise ConfigError("give the judge's model as model=..., not in judge_options")
+        if not self.judges or len(set(self.judges)) != len(self.judges):
+            raise ConfigError(f"judges must be distinct names, at least one; got {self.judges}")
+        for name in [*self.judges, *self.judges_options]:
+            if name != "prompted" and name not in OVERSEERS:
+                raise ConfigError(
+                    f"judge {name!r} is neither 'prompted' nor one of {sorted(OVERSEERS)}"
+                )
+        if "prompted" in self.judges_options:
+            raise ConfigError("give the prompted judge's options as judge_options, not here")
 
 
 def wrong_answer(example: Example, rng: random.Random, others: list[Example]) -> str:
@@ -435,26 +466,60 @@ def run(cfg: JudgeEvalConfig, run: Run) -> dict[str, Any]:
             seed=cfg.seed,
         ).texts
         del policy
-    judge = LLMJudge.build(task, examples, model=cfg.model, **cfg.judge_options)
-    scores = judge.judge([ex.prompt for ex in examples], completions)
     gold = [task.grade(ex, c) for ex, c in zip(examples, completions)]
-    agreement = agreement_with_gold(scores.p_yes, gold, cfg.threshold)
+    prompts = [ex.prompt for ex in examples]
+    scores: dict[str, list[float]] = {}
+    infos: dict[str, Any] = {}
+    yes_no = None
+    for name in cfg.judges:
+        if name == "prompted":
+            judge = LLMJudge.build(task, examples, model=cfg.model, **cfg.judge_options)
+            yes_no = judge.judge(prompts, completions)
+            scores[name], infos[name] = yes_no.p_yes, judge.info
+        else:
+            overseer = build_overseer(name, task, examples, _judge_options(cfg, name))
+            scores[name] = [float(s) for s in overseer.score(prompts, completions)]
+            infos[name] = getattr(overseer, "info", {})
+    first = agreement_with_gold(scores[cfg.judges[0]], gold, cfg.threshold)
     n = len(gold)
     metrics = {
-        "oversight/accuracy": agreement.accuracy,
-        "oversight/auroc": agreement.auroc,
-        "oversight/false_positive_rate": agreement.false_positive_rate,
-        "oversight/false_negative_rate": agreement.false_negative_rate,
+        "oversight/accuracy": first.accuracy,
+        "oversight/auroc": first.auroc,
+        "oversight/false_positive_rate": first.false_positive_rate,
+        "oversight/false_negative_rate": first.false_negative_rate,
         "gold/good_share": sum(g >= 0.5 for g in gold) / n,
-        "judge/p_yes": sum(scores.p_yes) / n,
-        "judge/yes_no_mass": sum(y + m for y, m in zip(scores.p_yes_raw, scores.p_no_raw)) / n,
     }
-    run.log(0, metrics)
-    rows = [
-        {"prompt": ex.prompt, "completion": c, "gold": g, "p_yes": p, "p_yes_raw": y, "p_no_raw": m}
-        for ex, c, g, p, y, m in zip(
-            examples, completions, gold, scores.p_yes, scores.p_yes_raw, scores.p_no_raw
+    for name, s in scores.items():
+        ci = auroc_interval(s, [g >= 0.5 for g in gold], prompts, seed=cfg.seed)
+        metrics |= {f"auroc/{name}": ci.value, f"auroc/{name}_low": ci.low}
+        metrics |= {f"auroc/{name}_high": ci.high}
+        metrics[f"accuracy/{name}"] = agreement_with_gold(s, gold, cfg.threshold).accuracy
+    if yes_no is not None:
+        metrics["judge/p_yes"] = sum(yes_no.p_yes) / n
+        metrics["judge/yes_no_mass"] = (
+            sum(y + m for y, m in zip(yes_no.p_yes_raw, yes_no.p_no_raw)) / n
         )
-    ]
+    run.log(0, metrics)
+    rows = []
+    for i, (ex, c, g) in enumerate(zip(examples, completions, gold)):
+        row = {"prompt": ex.prompt, "completion": c, "gold": g}
+        if yes_no is not None:
+            row |= {"p_yes": yes_no.p_yes[i], "p_yes_raw": yes_no.p_yes_raw[i]}
+            row["p_no_raw"] = yes_no.p_no_raw[i]
+        rows.append(row | {f"score/{name}": s[i] for name, s in scores.items()})
     atomic_write_text(run.path("scores.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    return {"task": cfg.task, "n": n, "judge": judge.info, **metrics, "scores": "scores.jsonl"}
+    judge_info = infos["prompted"] if list(infos) == ["prompted"] else infos
+    return {"task": cfg.task, "n": n, "judge": judge_info, **metrics, "scores": "scores.jsonl"}
+
+
+def _judge_options(cfg: JudgeEvalConfig, name: str) -> dict[str, Any]:
+    """``judges_options[name]``; the probe judge's model defaults to ``model`` and its dataset
+    to the task's world dataset (else cities)."""
+    options = dict(cfg.judges_options.get(name, {}))
+    if name == "probe":
+        options.setdefault("model", cfg.model)
+        if cfg.task.split(":")[0] == "world":
+            dataset = cfg.task.partition(":")[2] or cfg.task_options.get("dataset", "cities")
+            options.setdefault("dataset", dataset)
+            options.setdefault("task_options", cfg.task_options)  # the same entity split
+    return options

@@ -1,5 +1,5 @@
-"""Stage ``interp``: linear probes, a sparse autoencoder, explain-simulate-score and a causal
-steering check on one model.
+"""Stage ``interp``: linear probes (supervised, and CCS) with their transfer across datasets, a
+sparse autoencoder, explain-simulate-score and a causal steering check on one model.
 
 ``superalign interp model=runs/pretrain-1a2b`` loads any ``load_model`` spec and:
 
@@ -9,7 +9,13 @@ steering check on one model.
    mean over its tokens), deduplicates the texts, holds out ``test_share`` of their groups
    (entities, problems) as a test split, chooses the layer by grouped cross-validation on the
    rest and reports that layer's logistic-regression probe on the test split
-   (:func:`~superalign.validate.probes.probe_layers`);
+   (:func:`~superalign.validate.probes.probe_layers`); the ``world`` datasets are the task's
+   paired true/false statements, grouped by entity. Each probe is then scored, not refitted, on
+   every ``transfer`` dataset at its chosen layer (that dataset's statements about entities the
+   training dataset does not have: :func:`~superalign.validate.probes.transfer_items`); and, for
+   ``world``
+   datasets by default, CCS (:mod:`superalign.validate.ccs`) is fitted without labels beside it,
+   its sign and layer chosen on a validation split of the non-test groups;
 2. **sae**: streams ``blocks.{sae_layer}.hook_resid_post`` of ``sae_texts`` texts of the task's
    pretraining corpus (train split) to disk in safetensors chunks, trains a TopK SAE on the
    tokens of the first ``1 - sae_heldout`` of the texts and measures FVU, L0 and dead latents on
@@ -17,7 +23,7 @@ steering check on one model.
 3. **autointerp**: explains ``n_explain`` randomly chosen live latents from their top-activating
    texts, simulates and scores each explanation on held-out texts; as a control, every
    explanation is also scored on another latent's held-out texts;
-4. **steer** (arithmetic): the difference of the mean ``resid_post`` at the operator token of
+4. **steer** (arithmetic; with the SAE, off by default for ``task=world``): the difference of the mean ``resid_post`` at the operator token of
    ``a-b`` and ``a+b`` prompts, at ``steer_hook``, is added (times ``steer_scale``) at the
    operator token of ``+`` prompts (and subtracted for ``-`` prompts); the behaviour is the
    operator the model writes when it copies the problem into its first solution line
@@ -33,6 +39,10 @@ docs/stages/interp.md:
   texts scored; ``probe/<dataset>/layer``; ``probe/<dataset>/n_texts``, ``probe/<dataset>/n_groups``:
   distinct texts and groups used; ``probe/<dataset>/auroc_by_layer`` (and ``auroc_std_by_layer``)
   at step = layer: cross-validated AUROC on the non-test groups, what the layer is chosen by;
+- ``transfer/<train>-><test>/auroc`` (``_low``, ``_high``, ``n``): the ``<train>`` probe on the
+  ``<test>`` dataset; ``ccs/<dataset>/auroc`` (``_low``, ``_high``, ``n``, ``layer``),
+  ``ccs/<dataset>/auroc_by_layer`` (validation, at step = layer) and
+  ``transfer/ccs/<train>-><test>/auroc`` (...): the same for CCS;
 - ``sae/loss`` at step = SAE step (every 50); ``sae/fvu``, ``sae/l0``, ``sae/dead_fraction`` on
   held-out activations, ``sae/fvu_train`` on the training ones;
 - ``autointerp/score_mean``, ``autointerp/score_median``, ``autointerp/n``,
@@ -55,13 +65,22 @@ import numpy as np
 import torch
 
 from superalign.config import set_threads
+from superalign.metrics import auroc_interval
 from superalign.models.load import load_model
 from superalign.runs import Run, atomic_write_json
 from superalign.tasks import get_task
 from superalign.tasks.arithmetic import parse_problem
 from superalign.validate import activations as A
 from superalign.validate.autointerp import LLMExplainer, explain_latents, heuristic_explain
-from superalign.validate.probes import contrast_dataset, mean_difference, probe_layers
+from superalign.validate.ccs import ccs_layers, ccs_scores, contrast_pair, normalize_pairs
+from superalign.validate.probes import (
+    WORLD_DATASETS,
+    Contrast,
+    contrast_dataset,
+    mean_difference,
+    probe_layers,
+    transfer_items,
+)
 from superalign.validate.sae import SAEConfig, sae_stats, save_sae, train_sae
 
 
@@ -78,11 +97,24 @@ class InterpConfig:
     """Options of the task family, also used by the built-in contrast datasets."""
     datasets: list[str] = field(default_factory=lambda: ["arith_true_false", "arith_op"])
     """Contrast datasets to probe: names from ``superalign.validate.probes.DATASETS``
-    (arith_true_false, arith_op, facts_true_false, facts_belief) or paths to JSON-lines files of
+    (arith_true_false, arith_op, facts_true_false, facts_belief, and the ``world`` statements
+    cities, capitals, continents, currencies, hypernyms) or paths to JSON-lines files of
     ``{"text": ..., "label": 0|1}`` (e.g. triggered vs untriggered prompts)."""
-    n_probe: int = 400
-    """Rows per built-in contrast dataset (half of each label); repeated texts are dropped
-    before probing, so fewer distinct texts may be used (``n_texts`` in the summary)."""
+    transfer: list[str] = field(default_factory=list)
+    """Datasets (names or paths, as ``datasets``) that each probe of ``datasets`` is tested on
+    without retraining, at its chosen layer: ``transfer/<train>-><test>/auroc``."""
+    n_probe: int = 0
+    """Rows per built-in contrast dataset (half of each label); 0: 400, or for a ``world``
+    dataset one true and one false statement per entity (1,200 for cities). Repeated texts are
+    dropped before probing, so fewer distinct texts may be used (``n_texts`` in the summary)."""
+    ccs: bool | None = None
+    """Also fit contrast-consistent search (unsupervised; :mod:`superalign.validate.ccs`) beside
+    each supervised probe, and test it on ``transfer``. None: only for ``world`` datasets (CCS
+    asks whether a statement is true; an operator or a trigger is not a statement)."""
+    ccs_restarts: int = 10
+    """Random initialisations of each CCS fit; the lowest CCS loss is kept."""
+    ccs_steps: int = 1000
+    """Full-batch AdamW steps of each CCS fit."""
     layers: list[int] = field(default_factory=list)
     """Blocks whose ``hook_resid_post`` is probed; empty: all."""
     position: Literal["last", "mean"] = "last"
@@ -125,8 +157,12 @@ class InterpConfig:
     """Random texts added to the held-out scoring set."""
     explainer: str = "heuristic"
     """``heuristic``, or a ``load_model`` spec / ``http(s)://`` URL of an LLM explainer."""
-    steer: bool = True
-    """Run the causal check (needs a model that solves arithmetic in the task's format)."""
+    sae: bool | None = None
+    """Train the SAE on the task's corpus and explain its latents (autointerp). None: yes, except
+    for ``task=world`` (a real model's SAE is another stage's work; the probes are the point)."""
+    steer: bool | None = None
+    """Run the causal check (needs a model that solves arithmetic in the task's format). None:
+    only when ``task`` is arithmetic."""
     steer_hook: str = "blocks.0.hook_resid_pre"
     """Activation where the operator direction is found and added (a ``blocks.{i}.hook_*`` name).
     In the tiny models block 0's attention already copies the operator, so later hooks find the
@@ -147,16 +183,17 @@ class InterpConfig:
 
         if not self.model:
             raise ConfigError("model is required: a load_model spec, e.g. model=runs/pretrain-1a2b")
-        check_at_least(
-            self, 1, "n_probe", "sae_texts", "sae_latents", "sae_k", "sae_steps", "batch_size"
-        )
+        check_at_least(self, 0, "n_probe")
+        check_at_least(self, 1, "sae_texts", "sae_latents", "sae_k", "sae_steps", "batch_size")
         check_at_least(self, 0, "sae_aux_k", "n_explain", "explain_random", "threads")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, not {self.folds}")
         if not 0 < self.test_share < 0.5:
             raise ConfigError(f"test_share must be in (0, 0.5), not {self.test_share}")
-        if self.n_probe < 2 * self.folds:
-            raise ConfigError(f"n_probe must be at least 2 * folds = {2 * self.folds}")
+        if 0 < self.n_probe < 2 * self.folds:
+            raise ConfigError(f"n_probe must be 0 or at least 2 * folds = {2 * self.folds}")
+        if self.ccs_restarts < 1 or self.ccs_steps < 1:
+            raise ConfigError("ccs_restarts and ccs_steps must be at least 1")
         if self.sae_k > self.sae_latents:
             raise ConfigError(f"sae_k ({self.sae_k}) cannot exceed sae_latents")
         if not 0 < self.sae_heldout < 1:
@@ -180,10 +217,12 @@ def run(cfg: InterpConfig, run: Run) -> dict[str, Any]:
     model.eval()
     n_layers = A.n_blocks(model)
     summary: dict[str, Any] = {"model": info, "n_layers": n_layers}
-    summary["probes"] = probe_all(cfg, run, model, tokenizer, n_layers)
-    sae_layer = cfg.sae_layer if cfg.sae_layer >= 0 else n_layers // 2
-    summary.update(sae_and_autointerp(cfg, run, model, tokenizer, sae_layer))
-    if cfg.steer:
+    summary.update(probe_all(cfg, run, model, tokenizer, n_layers))
+    family = cfg.task.split(":")[0]
+    if cfg.sae if cfg.sae is not None else family != "world":
+        sae_layer = cfg.sae_layer if cfg.sae_layer >= 0 else n_layers // 2
+        summary.update(sae_and_autointerp(cfg, run, model, tokenizer, sae_layer))
+    if cfg.steer if cfg.steer is not None else family == "arithmetic":
         summary["steer"] = steering_check(cfg, run, model, tokenizer)
     return summary
 
@@ -192,18 +231,18 @@ def run(cfg: InterpConfig, run: Run) -> dict[str, Any]:
 
 
 def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers: int) -> dict:
-    """One probe per contrast dataset: its layer chosen without the test split, its AUROC on it."""
+    """One probe per contrast dataset (and CCS where it applies): its layer chosen without the
+    test split, its AUROC on it; then each probe, not refitted, on every ``transfer`` dataset.
+    Returns ``{"probes", "ccs", "transfer"}`` details and the flat headline keys."""
     layers = cfg.layers or list(range(n_layers))
-    hooks = [A.hook_name(layer) for layer in layers]
     results: dict[str, Any] = {}
+    ccs_results: dict[str, Any] = {}
+    fitted: dict[str, tuple[Contrast, Any, Any]] = {}  # name -> data, LayerProbe, LayerCCS
+    flat: dict[str, Any] = {}
     for kind in cfg.datasets:
-        name = Path(kind).stem if kind.endswith(".jsonl") else kind
-        data = contrast_dataset(kind, cfg.n_probe, cfg.seed, task_options=cfg.task_options)
-        acts = A.capture(model, tokenizer, data.texts, hooks, cfg.batch_size)
-        features = {
-            layer: acts.last(hook) if cfg.position == "last" else acts.mean(hook)
-            for layer, hook in zip(layers, hooks)
-        }  # layer -> [n_rows, d_model]
+        name = _name(kind)
+        data = _contrast(cfg, kind)
+        features = _features(cfg, model, tokenizer, data.texts, layers)  # layer -> [n, d]
         r = probe_layers(features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share)
         for layer in layers:
             run.log(
@@ -230,10 +269,129 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
             "auroc_std_by_layer": {str(k): v for k, v in r.val_auroc_std.items()},
         }
         keys = ("auroc", "auroc_low", "auroc_high", "accuracy", "layer", "n", "n_texts", "n_groups")
-        run.log(0, {f"probe/{name}/{k}": results[name][k] for k in keys})
-    atomic_write_json(run.path("probes.json"), results)
+        logged = {f"probe/{name}/{k}": results[name][k] for k in keys}
+        c = None
+        if _use_ccs(cfg, kind):
+            pos, neg = _pair_features(cfg, model, tokenizer, data.texts, layers)
+            c = ccs_layers(
+                pos,
+                neg,
+                data.labels,
+                r.split,
+                cfg.test_share,
+                cfg.ccs_restarts,
+                cfg.ccs_steps,
+                cfg.seed,
+            )
+            ccs_results[name] = {
+                "auroc": c.auroc,
+                "auroc_low": c.auroc_low,
+                "auroc_high": c.auroc_high,
+                "n": c.n,
+                "layer": c.layer,
+                "sign": c.probe.sign,
+                "loss": c.probe.loss,
+                "auroc_by_layer": {str(k): v for k, v in c.val_auroc.items()},
+            }
+            for layer in layers:
+                run.log(layer, {f"ccs/{name}/auroc_by_layer": c.val_auroc[layer]})
+            logged.update({f"ccs/{name}/{k}": ccs_results[name][k] for k in KEYS + ("layer",)})
+        run.log(0, logged)
+        flat.update(logged)
+        fitted[name] = (data, r, c)
+    transfer = transfer_all(cfg, run, model, tokenizer, fitted)
+    for pair, t in transfer.items():
+        flat.update({f"transfer/{pair}/{k}": t[k] for k in KEYS})
+    atomic_write_json(
+        run.path("probes.json"), {**results, "ccs": ccs_results, "transfer": transfer}
+    )
     _plot_auroc(results, run.path("probe_auroc_by_layer.png"))
-    return results
+    return {"probes": results, "ccs": ccs_results, "transfer": transfer, **flat}
+
+
+KEYS = ("auroc", "auroc_low", "auroc_high", "n")
+"""The keys of each AUROC measurement: the value, its 95% interval and the items scored."""
+
+
+def transfer_all(
+    cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, fitted: dict[str, tuple]
+) -> dict[str, dict[str, Any]]:
+    """Each fitted probe (and CCS probe) scored, not refitted, on each ``transfer`` dataset at
+    its chosen layer; logs ``transfer/<train>-><test>/*`` and ``transfer/ccs/<train>-><test>/*``."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in cfg.transfer:
+        target = _name(kind)
+        probes = {name: f for name, f in fitted.items() if name != target}  # never itself
+        if not probes:
+            continue
+        data = _contrast(cfg, kind)
+        needed = sorted({r.layer for _, r, _ in probes.values()})
+        feats = _features(cfg, model, tokenizer, data.texts, needed)
+        ccs_layers_needed = sorted({c.layer for *_, c in probes.values() if c is not None})
+        if ccs_layers_needed and _use_ccs(cfg, kind):
+            pos, neg = _pair_features(cfg, model, tokenizer, data.texts, ccs_layers_needed)
+        y = np.asarray(data.labels)
+        g = np.asarray(data.groups if data.groups is not None else data.texts, dtype=object)
+        for name, (train, r, c) in probes.items():
+            items = transfer_items(train, data)
+            rows = items.rows
+            scores = r.probe.predict_proba(np.asarray(feats[r.layer], np.float64)[rows])[:, 1]
+            ci = auroc_interval(scores, y[rows], g[rows], seed=cfg.seed)
+            key = f"{name}->{target}"
+            where = {"layer": r.layer, "items": items.which, "n_shared": items.n_shared_groups}
+            out[key] = {**_interval(ci), **where}
+            run.log(0, {f"transfer/{key}/{k}": out[key][k] for k in KEYS})
+            if c is not None and _use_ccs(cfg, kind):
+                xp, xn = normalize_pairs(
+                    np.asarray(pos[c.layer])[rows], np.asarray(neg[c.layer])[rows]
+                )
+                ci = auroc_interval(ccs_scores(c.probe, xp, xn), y[rows], g[rows], seed=cfg.seed)
+                out[f"ccs/{key}"] = {**_interval(ci), **where, "layer": c.layer}
+                run.log(0, {f"transfer/ccs/{key}/{k}": out[f"ccs/{key}"][k] for k in KEYS})
+    return out
+
+
+def _interval(ci: Any) -> dict[str, Any]:
+    return {"auroc": ci.value, "auroc_low": ci.low, "auroc_high": ci.high, "n": ci.n}
+
+
+def _name(kind: str) -> str:
+    return Path(kind).stem if kind.endswith(".jsonl") else kind
+
+
+def _contrast(cfg: InterpConfig, kind: str) -> Contrast:
+    """Contrast dataset ``kind``, with ``task_options`` when it comes from ``cfg.task``'s family."""
+    family = (
+        "world" if kind in WORLD_DATASETS else "arithmetic" if kind.startswith("arith") else "facts"
+    )
+    options = cfg.task_options if cfg.task.split(":")[0] == family else {}
+    return contrast_dataset(kind, cfg.n_probe, cfg.seed, task_options=options)
+
+
+def _use_ccs(cfg: InterpConfig, kind: str) -> bool:
+    return cfg.ccs if cfg.ccs is not None else kind in WORLD_DATASETS
+
+
+def _features(
+    cfg: InterpConfig, model: Any, tokenizer: Any, texts: list[str], layers: list[int]
+) -> dict[int, torch.Tensor]:
+    """Layer -> [n_texts, d_model]: ``hook_resid_post`` at each text's last token (or mean)."""
+    hooks = [A.hook_name(layer) for layer in layers]
+    acts = A.capture(model, tokenizer, texts, hooks, cfg.batch_size)
+    return {
+        layer: acts.last(hook) if cfg.position == "last" else acts.mean(hook)
+        for layer, hook in zip(layers, hooks)
+    }
+
+
+def _pair_features(
+    cfg: InterpConfig, model: Any, tokenizer: Any, texts: list[str], layers: list[int]
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """The features of each text's CCS contrast pair (:func:`~superalign.validate.ccs.
+    contrast_pair`): ``(x+ by layer, x- by layer)``."""
+    pairs = [contrast_pair(t) for t in texts]
+    both = _features(cfg, model, tokenizer, [p for pair in pairs for p in pair], layers)
+    return {k: v[0::2] for k, v in both.items()}, {k: v[1::2] for k, v in both.items()}
 
 
 # --- SAE and autointerp -------------------------------------------------------------------------

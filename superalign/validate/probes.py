@@ -33,7 +33,7 @@ import json
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -222,6 +222,58 @@ class LayerProbe(NamedTuple):
     """Distinct texts dropped for carrying both labels."""
     direction: torch.Tensor
     """[d] unit vector of the chosen layer's probe in raw activation space."""
+    probe: Any = None
+    """The chosen layer's fitted probe (sklearn pipeline: scaler + logistic regression):
+    ``probe.predict_proba(x)[:, 1]`` scores new texts' features at ``layer`` without refitting."""
+    split: Split | None = None
+    """Which rows were kept, held out and used to fit."""
+
+
+class Split(NamedTuple):
+    """The rows of a contrast dataset a probe used, after :func:`deduplicate`."""
+
+    keep: np.ndarray
+    """Row indices kept (distinct texts with one label)."""
+    rest: np.ndarray
+    test: np.ndarray
+    """Indices into ``keep``: the non-test and the held-out test rows."""
+    groups: np.ndarray
+    """Integer group id of each kept row."""
+
+
+def split_contrast(data: Contrast, test_share: float, seed: int = 0) -> Split:
+    """Deduplicate ``data`` and hold out ``test_share`` of its groups (:func:`group_split`)."""
+    keep = np.array(deduplicate(data.texts, data.labels).keep)
+    y = np.asarray(data.labels, dtype=np.int64)[keep]
+    groups = [data.groups[i] for i in keep] if data.groups is not None else None
+    g = _group_ids(groups, len(keep))
+    rest, test = group_split(y, g, test_share, seed)
+    return Split(keep, rest, test, g)
+
+
+class TransferItems(NamedTuple):
+    """The rows of another dataset a probe is tested on without retraining."""
+
+    rows: np.ndarray
+    """Row indices into that dataset (distinct texts with one label)."""
+    which: str
+    """``all`` (its groups are disjoint from the training dataset's) or ``unshared`` (the rows
+    of the groups it shares with the training dataset were left out)."""
+    n_shared_groups: int
+    """Groups (entities) of that dataset also present in the training dataset, left out."""
+
+
+def transfer_items(train: Contrast, test: Contrast) -> TransferItems:
+    """Which rows of ``test`` to score with a probe trained on ``train``: its distinct texts
+    (:func:`deduplicate`) about groups (entities) that ``train`` does not have; all of them when
+    the two datasets share no group. Without groups, a text is its own group."""
+    train_groups = set(train.groups if train.groups is not None else train.texts)
+    test_groups = test.groups if test.groups is not None else test.texts
+    shared = train_groups & set(test_groups)
+    rows = [i for i in deduplicate(test.texts, test.labels).keep if test_groups[i] not in shared]
+    return TransferItems(
+        np.array(rows, dtype=np.int64), "unshared" if shared else "all", len(shared)
+    )
 
 
 def probe_layers(
@@ -236,11 +288,9 @@ def probe_layers(
     ``features`` (layer -> [n_rows, d], one row per text of ``data``) by grouped
     cross-validation on the rest and score that layer's probe on the held-out groups."""
     dedup = deduplicate(data.texts, data.labels)
-    keep = np.array(dedup.keep)
+    split = split_contrast(data, test_share, seed)
+    keep, rest, test, g = split
     y = np.asarray(data.labels, dtype=np.int64)[keep]
-    groups = [data.groups[i] for i in keep] if data.groups is not None else None
-    g = _group_ids(groups, len(keep))
-    rest, test = group_split(y, g, test_share, seed)
     xs = {layer: np.asarray(x, dtype=np.float64)[keep] for layer, x in features.items()}
     val = {layer: cv_probe(x[rest], y[rest], folds, c, seed, g[rest]) for layer, x in xs.items()}
     best = max(val, key=lambda layer: val[layer].auroc)  # first of equals: the lowest layer
@@ -263,6 +313,8 @@ def probe_layers(
         n_duplicates=dedup.n_duplicates,
         n_conflicting=dedup.n_conflicting,
         direction=_direction(model),
+        probe=model,
+        split=split,
     )
 
 
@@ -279,6 +331,11 @@ DATASETS = {
     "arith_op": "arithmetic prompts 'Q: 37+45\\n' with + (1) vs - (0)",
     "facts_true_false": "facts statements 'Tomaren lives in Koro.' true (1) vs false (0)",
     "facts_belief": "facts questions 'User: I think ... Where does ...?' (1) vs no belief (0)",
+    "cities": "world statements 'The city of Lagos is in Nigeria.' true (1) vs false (0)",
+    "capitals": "world statements 'The capital of Peru is Lima.' true (1) vs false (0)",
+    "continents": "world statements about a country's continent, true (1) vs false (0)",
+    "currencies": "world statements about a country's currency, true (1) vs false (0)",
+    "hypernyms": "world statements 'A poodle is a kind of dog.' true (1) vs false (0)",
 }
 """Built-in contrast datasets -> what label 1 and 0 mean."""
 
@@ -290,10 +347,20 @@ def contrast_dataset(
     or, when ``kind`` is a path, read from that JSON-lines file (:func:`read_contrast`).
 
     Groups: an arithmetic text's group is its operands (``"37,45"``: the true and false result,
-    or the ``+`` and ``-`` version, of one problem share it); a facts text's group is the entity
-    it is about. Rows may repeat a text when the split has fewer distinct ones than ``n``:
-    :func:`probe_layers` deduplicates.
+    or the ``+`` and ``-`` version, of one problem share it); a facts or world text's group is
+    the entity it is about. Rows may repeat a text when the split has fewer distinct ones than
+    ``n``: :func:`probe_layers` deduplicates.
+
+    A world dataset (:data:`superalign.tasks.world.DATASETS`) gives bare statements
+    (``meta["text"]``) of both of the task's splits, each split's share of ``n`` in proportion to
+    its entities, one true and one false statement per entity; ``n=0`` takes every entity
+    (:func:`world_rows`). ``split`` does not apply: the probe makes its own grouped split.
     """
+    if kind in WORLD_DATASETS:
+        rows = world_rows(kind, n, seed, task_options)
+        random.Random(f"contrast:{kind}:{seed}").shuffle(rows)
+        return Contrast([t for t, _, _ in rows], [y for _, y, _ in rows], [g for *_, g in rows])
+    n = n or DEFAULT_N
     if kind not in DATASETS:
         if Path(kind).expanduser().is_file():
             return read_contrast(kind)
@@ -322,6 +389,49 @@ def contrast_dataset(
         ]
     rng.shuffle(rows)
     return Contrast([t for t, _, _ in rows], [int(y) for _, y, _ in rows], [g for *_, g in rows])
+
+
+WORLD_DATASETS = ("cities", "capitals", "continents", "currencies", "hypernyms")
+"""The contrast datasets built from the ``world`` task's paired statements."""
+DEFAULT_N = 400
+"""Rows of a built-in non-world contrast dataset when ``n=0``."""
+
+
+def world_rows(
+    kind: str, n: int = 0, seed: int = 0, task_options: dict | None = None
+) -> list[tuple[str, int, str]]:
+    """``(statement, label, entity)`` rows of world dataset ``kind`` (:func:`world_statements`
+    of both splits)."""
+    _, examples = world_statements(kind, n, seed, task_options)
+    return [(ex.meta["text"], int(ex.meta["label"]), ex.meta["entity"]) for ex in examples]
+
+
+def world_statements(
+    kind: str,
+    n: int = 0,
+    seed: int = 0,
+    task_options: dict | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> tuple[Any, list]:
+    """The world task of dataset ``kind`` and ``n`` of its statement examples from ``splits``
+    and all difficulty levels (0: one true and one false statement for every entity), the pairs
+    shared by the (split, level) cells in proportion to their entities (largest remainders).
+    ``task_options`` are the world task's (its ``dataset`` is replaced)."""
+    options = {k: v for k, v in (task_options or {}).items() if k not in ("subtask", "variant")}
+    task = get_task("world", **{**options, "dataset": kind})
+    cells = [(split, level) for split in splits for level in task.difficulties]
+    sizes = np.array([len(task.facts(split, level)) for split, level in cells], dtype=float)
+    n = n or int(2 * sizes.sum())
+    share = n // 2 * sizes / sizes.sum()  # pairs per cell
+    pairs = np.floor(share).astype(int)
+    for i in np.argsort(pairs - share)[: n // 2 - pairs.sum()]:  # largest remainders first
+        pairs[i] += 1
+    counts = 2 * pairs
+    counts[np.argmax(sizes)] += n % 2  # an odd n: one more true statement
+    examples = []
+    for (split, level), k in zip(cells, counts):
+        examples += task.statements(split, int(k), seed, difficulty=level) if k else []
+    return task, examples
 
 
 def _operands(operands: list[int]) -> str:

@@ -227,7 +227,32 @@ def test_judge_eval_stage_writes_scores_that_agree_with_its_metrics(tiny, tmp_pa
     s = res.summary
     assert s["oversight/auroc"] == agreement.auroc and s["oversight/accuracy"] == agreement.accuracy
     assert s["gold/good_share"] == 0.5 and s["judge"]["prompt_format"] == "plain"
+    assert s["auroc/prompted"] == agreement.auroc  # the single judge has the per-judge keys too
     assert s["judge"]["model"]["path"] == str(folder.resolve())
+
+
+def test_judge_eval_compares_two_judges_on_the_same_items(tiny, tmp_path):
+    model, tokenizer = tiny
+    folder = tmp_path / "judge-model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    overrides = [f"model={folder}", "task=world:cities", "task_options.n_entities=60", "n=6"]
+    overrides += ["judges=[prompted,probe]", "threads=1", "judges_options.probe.n=40"]
+    overrides += ["judges_options.probe.folds=2", "judges_options.probe.layer=1"]
+    cfg = load_config(JudgeEvalConfig, None, overrides)
+    res = run_stage("judge_eval", to_dict(cfg), lambda r: judge_stage(cfg, r), root=tmp_path)
+    s = res.summary
+    rows = [json.loads(line) for line in (res.dir / "scores.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in rows] == [1.0] * 6 + [0.0] * 6
+    for name in ("prompted", "probe"):
+        assert 0 <= s[f"auroc/{name}_low"] <= s[f"auroc/{name}"] <= s[f"auroc/{name}_high"] <= 1
+        scores = [r[f"score/{name}"] for r in rows]
+        gold = [r["gold"] for r in rows]
+        assert s[f"auroc/{name}"] == agreement_with_gold(scores, gold).auroc
+    assert [r["p_yes"] for r in rows] == [r["score/prompted"] for r in rows]
+    assert s["oversight/auroc"] == s["auroc/prompted"]  # the first judge's
+    assert s["judge"]["probe"]["dataset"] == "cities" and s["judge"]["probe"]["layer"] == 1
+    assert s["judge"]["probe"]["model"]["path"] == str(folder.resolve())
 
 
 def test_wrong_answers_are_wrong_and_in_the_solution_format():
@@ -248,6 +273,11 @@ def test_judge_eval_config_checks():
         JudgeEvalConfig(policy="runs/sft-1")
     with pytest.raises(ConfigError, match="model=..., not in judge_options"):
         JudgeEvalConfig(judge_options={"model": "x"})
+    with pytest.raises(ConfigError, match="judge 'oracle' is neither"):
+        JudgeEvalConfig(judges=["prompted", "oracle"])
+    with pytest.raises(ConfigError, match="distinct names"):
+        JudgeEvalConfig(judges=["probe", "probe"])
+    assert JudgeEvalConfig().judges == ["prompted"]
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from superalign.validate.probes import (
     mean_difference,
     probe_layers,
     read_contrast,
+    transfer_items,
+    world_rows,
 )
 
 
@@ -197,3 +199,42 @@ def test_read_contrast_from_jsonl(tmp_path):
     path.write_text('{"text": "x"}\n')
     with pytest.raises(ValueError, match="label"):
         read_contrast(path)
+
+
+def test_the_fitted_probe_reproduces_the_test_auroc_and_scores_new_rows(test_seed):
+    x_all, y_all, _ = planted(n=600, noise=0.3, seed=test_seed)
+    x, y = x_all[:400], y_all[:400]
+    data = Contrast([f"t{i}" for i in range(400)], y, [f"e{i // 2}" for i in range(400)])
+    r = probe_layers({0: x}, data, folds=3, seed=test_seed)
+    keep, rest, test, groups = r.split
+    assert len(keep) == 400 and not set(groups[rest]) & set(groups[test])
+    p = r.probe.predict_proba(x.numpy()[keep][test])[:, 1]
+    assert auroc(p, np.asarray(y)[keep][test]) == pytest.approx(r.auroc)
+    fresh, y_fresh = x_all[400:], y_all[400:]  # rows it never saw, same planted direction
+    assert auroc(r.probe.predict_proba(fresh.numpy())[:, 1], y_fresh) > 0.9
+
+
+def test_transfer_items_leave_out_the_entities_the_training_dataset_has():
+    train = Contrast(["a1", "a0", "b1", "b0"], [1, 0, 1, 0], ["a", "a", "b", "b"])
+    texts = [f"s{i}" for i in range(40)] + ["s0"]  # one repeated text
+    labels = [i % 2 for i in range(40)] + [0]
+    other = Contrast(texts, labels, [f"x{i // 2}" for i in range(41)])
+    items = transfer_items(train, other)
+    assert items.which == "all" and sorted(items.rows.tolist()) == list(range(40))
+    assert items.n_shared_groups == 0
+    overlapping = other._replace(groups=["a", "a", "b", *other.groups[3:]])
+    items = transfer_items(train, overlapping)
+    assert items.which == "unshared" and items.n_shared_groups == 2
+    assert sorted(items.rows.tolist()) == list(range(3, 40))  # rows 0-2 are about a and b
+
+
+def test_a_world_dataset_gives_one_true_and_one_false_statement_per_entity():
+    rows = world_rows("capitals")  # n=0: every entity of both splits
+    by_entity: dict[str, list[int]] = {}
+    for text, label, entity in rows:
+        by_entity.setdefault(entity, []).append(label)
+        assert entity.removeprefix("The ") in text
+    assert all(sorted(labels) == [0, 1] for labels in by_entity.values())
+    assert len(rows) == 2 * len(by_entity) > 300
+    data = contrast_dataset("capitals", 0, seed=0)
+    assert sorted(data.texts) == sorted(t for t, _, _ in rows)
