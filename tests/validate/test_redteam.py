@@ -145,12 +145,17 @@ def test_supervised_attacker_learns_its_successes(policy, test_seed):
 @pytest.mark.outcome
 def test_rl_attacker_learns_to_write_what_is_rewarded(policy, test_seed):
     """TRL's GRPOTrainer on the attacker, rewarding subtraction problems: their share among
-    sampled test cases rises (measured: 0.31 -> 1.0 after 8 steps of 16; mean reward per step
-    0.38, 0.88, 0.56, 0.63, 0.75, 1.0, 0.94, 1.0), every scored test case is a counted query,
-    and TRL's KL to the initial attacker grows from 0."""
+    sampled test cases rises, every scored test case is a counted query, and TRL's KL to the
+    initial attacker grows from 0.
+
+    lr 5e-4, 8 steps of 16. Seeds 0-2, 1 thread: share 0.41, 0.23, 0.22 -> 0.98, 1.0, 1.0 (max KL
+    2.19, 0.56, 0.63); 2 threads: see below. Higher rates collapse once nearly every sample is
+    rewarded (one failure in a group of 16 gets a large negative advantage): with 2 threads seed
+    0 went 0.41 -> 0.14 at lr 1e-3 (reward 1.0 at step 3, 0 from step 6) and its last rewards
+    fell to 0 at 2e-3 (KL 7.0); 5e-4 reached 0.98 there (KL 0.27)."""
     model, tok = policy
     torch.manual_seed(test_seed)
-    att = GRPOAttacker(copy.deepcopy(model), tok, seed=test_seed, lr=2e-3, diversity_bonus=0.0)
+    att = GRPOAttacker(copy.deepcopy(model), tok, seed=test_seed, lr=5e-4, diversity_bonus=0.0)
 
     def share(cases):
         return sum("-" in c for c in cases) / len(cases)
@@ -170,7 +175,7 @@ def test_rl_attacker_learns_to_write_what_is_rewarded(policy, test_seed):
         f"MEASURE rl attacker share {before:.3f}->{after:.3f} rewards {[round(r, 2) for r in rewards]}"
         f" max kl {max(kls):.3f}"
     )
-    assert after > before + 0.3, (before, after)  # seeds 0-2, 1 thread: 0.41, 0.23, 0.22 -> 1.0
+    assert after > before + 0.3, (before, after)  # spread in the docstring
     assert len(sent) == 120 and all(c.startswith("Q: ") and c.endswith("\n") for c in sent)
     assert [h["queries"] for h in att.history] == [16, 32, 48, 64, 80, 96, 112, 120]
     rewards = [h["reward"] for h in att.history]
