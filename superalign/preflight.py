@@ -11,11 +11,12 @@ fields). :func:`check_stage` checks the rest, for every stage alike, driven by f
 - ``steps`` and every ``*_steps`` field: not negative;
 - ``overseer`` (with ``overseer_options``): a registered overseer taking those options, or an
   existing reward_model run folder;
-- the other fields in ``STAGES[name].inputs``: a value that names a local path (see
-  :func:`superalign.models.load.check_spec`) exists; in the model-spec fields
-  (:data:`MODEL_FIELDS`) every value resolves as ``load_model`` would resolve it: an existing
-  model, run folder or ``.gguf`` file, a known preset, or a hub id that is in the local Hugging
-  Face cache or that the hub may serve (``HF_HUB_OFFLINE`` unset and the hub reachable).
+- the other fields in ``STAGES[name].inputs``: a value that is plainly a path (absolute, ``./``,
+  ``../`` or ``~``) exists (other strings there may be names, such as a metric); in the
+  model-spec fields (:data:`MODEL_FIELDS`) every value resolves as ``load_model`` would resolve
+  it: an existing model, run folder or ``.gguf`` file, a known preset, or a hub id that is in
+  the local Hugging Face cache or that the hub may serve (``HF_HUB_OFFLINE`` unset and the hub
+  reachable).
 
 Every failure raises :class:`~superalign.config.ConfigError` naming the field and the fix, so
 the CLI prints one ``error:`` line and exits 2. :func:`superalign.stages.execute` calls
@@ -158,12 +159,14 @@ def _check_overseer(key: str, spec: str, options: Mapping[str, Any]) -> None:
 
 
 def _check_path(key: str, value: str) -> None:
+    """A non-model input that is plainly a path (absolute, ``./``, ``../`` or ``~``) must exist.
+    Other strings are left alone: inputs hold names too, such as a gate audit's metric
+    ``eval/accuracy/d1``, which :func:`~superalign.models.load.looks_local` would take for a
+    path."""
     from pathlib import Path
 
-    from superalign.models.load import looks_local
-
     path = Path(value).expanduser()
-    if looks_local(value) and not path.exists():
+    if value.startswith(("/", "./", "../", "~")) and not path.exists():
         raise ConfigError(f"{key}: no such file or folder: {value!r} ({path.absolute()})")
 
 
