@@ -82,7 +82,10 @@ QUICK_DEMO = [
     *(
         f"{step}.{key}"
         for step in ("backdoor", "backdoor_control", "backdoor_control2")
-        for key in ("implant_steps=10", "safety_sft_steps=2", "safety_rl_steps=1", "eval_n=4")
+        for key in (
+            "implant_steps=10", "safety_sft_steps=2", "safety_rl_steps=1", "eval_n=4",
+            "verify=false",  # 10 implant steps make no verified organism: wiring only
+        )
     ),
     "audit.n_items=8", "audit.redteam_budget=16", "audit.probe_statements=20", "audit.sae_steps=10",
     "gate.n_samples=16", "gate.gold_n=8",
