@@ -332,22 +332,34 @@ class FrozenEncoder:
     @torch.no_grad()
     def features(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         """[n, d] features of ``texts`` (new texts are encoded, known ones read from the cache)."""
-        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        for i in range(0, len(new), batch_size):
-            chunk = new[i : i + batch_size]
-            enc = self.tokenizer(
-                chunk,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            hidden = self.model(
-                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-            ).last_hidden_state
-            pooled = mean_pool(hidden.float(), enc["attention_mask"])
-            self.cache.update(zip(chunk, pooled))
-        return torch.stack([self.cache[t] for t in texts])
+
+        def pool(enc: Any) -> torch.Tensor:
+            mask = enc["attention_mask"]
+            hidden = self.model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
+            return mean_pool(hidden.float(), mask)
+
+        return cached_features(self.cache, texts, self.tokenizer, self.max_length, batch_size, pool)
+
+
+def cached_features(
+    cache: dict[str, torch.Tensor],
+    texts: list[str],
+    tokenizer: Any,
+    max_length: int,
+    batch_size: int,
+    pool: Callable[[Any], torch.Tensor],
+) -> torch.Tensor:
+    """[n, d] features of ``texts``: the texts not yet in ``cache`` are tokenized in batches
+    (right-padded, truncated to ``max_length``) and ``pool(encoding)`` gives their rows, which
+    join the cache; every row is then read from it."""
+    new = list(dict.fromkeys(t for t in texts if t not in cache))
+    for i in range(0, len(new), batch_size):
+        chunk = new[i : i + batch_size]
+        enc = tokenizer(
+            chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        cache.update(zip(chunk, pool(enc)))
+    return torch.stack([cache[t] for t in texts])
 
 
 @dataclass
@@ -395,27 +407,18 @@ class LMFeatures:
     @torch.no_grad()
     def features(self, texts: list[str], batch_size: int = 16) -> torch.Tensor:
         """[n, d] features of ``texts`` (new texts are run, known ones read from the cache)."""
-        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        for i in range(0, len(new), batch_size):
-            chunk = new[i : i + batch_size]
-            enc = self.tokenizer(
-                chunk,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+
+        def pool(enc: Any) -> torch.Tensor:
             mask = enc["attention_mask"]  # [B, T], right-padded
             out = self.model(
                 input_ids=enc["input_ids"], attention_mask=mask, output_hidden_states=True
             )
             hidden = out.hidden_states[self.layer].float()  # [B, T, d]
             if self.pooling == "mean":
-                pooled = mean_pool(hidden, mask)
-            else:
-                pooled = hidden[torch.arange(len(chunk)), mask.sum(1) - 1]  # [B, d]
-            self.cache.update(zip(chunk, pooled))
-        return torch.stack([self.cache[t] for t in texts])
+                return mean_pool(hidden, mask)
+            return hidden[torch.arange(len(mask)), mask.sum(1) - 1]  # [B, d]
+
+        return cached_features(self.cache, texts, self.tokenizer, self.max_length, batch_size, pool)
 
 
 class StandardizedHead(torch.nn.Module):
