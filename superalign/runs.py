@@ -18,8 +18,8 @@ resumes from its last checkpoint if the stage saved one and it is intact, otherw
 clean. Every file is written to a temporary name and renamed into place, so readers never see
 half a file. A lock (``fcntl.flock``, released by the OS when a process dies) keeps two
 processes out of the same folder; the second is refused with :class:`RunBusyError`.
-Where the scalars also go (TensorBoard, trackio, W&B) is ``report_to``, which is not part of
-the key: it does not change the result.
+Where the scalars also go (TensorBoard, trackio, W&B: :mod:`superalign.tracking`) is
+``report_to``, which is not part of the key: it does not change the result.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import pickle
@@ -44,14 +43,13 @@ from typing import Any
 
 from superalign import __version__
 from superalign.config import ConfigError
+from superalign.tracking import TRACKERS, check_report_to
 
 DEFAULT_ROOT = "runs"
 _CHECKPOINT = "checkpoint"
 MANIFEST = "manifest.json"
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 """Files whose sha256 is checked on every reuse (model weights); other files by size only."""
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
-"""Where :meth:`Run.log` sends scalars besides ``metrics.jsonl``."""
 
 
 class RunBusyError(ConfigError):
@@ -308,83 +306,6 @@ def _artifacts(run_dir: Path) -> Iterator[tuple[Path, str]]:
                 yield f, rel.as_posix()
 
 
-# --- experiment tracking ------------------------------------------------------------------------
-
-
-def check_report_to(report_to: str | None) -> str:
-    """``report_to`` (None: ``$SUPERALIGN_REPORT_TO``, else ``"none"``), checked: a known choice
-    whose package is installed, else :class:`ConfigError` naming what to install."""
-    value = report_to or os.environ.get("SUPERALIGN_REPORT_TO") or "none"
-    if value not in REPORT_TO:
-        raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, not {value!r}")
-    if value != "none" and importlib.util.find_spec(value) is None:
-        raise ConfigError(f"report_to={value} needs the {value} package: pip install {value}")
-    return value
-
-
-class _TensorBoard:
-    """Event files in ``<run>/tensorboard/``. A resumed run purges the steps after its
-    checkpoint, as ``metrics.jsonl`` drops them."""
-
-    def __init__(self, run: Run) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        purge = None if run.resumed_from is None else run.resumed_from + 1
-        self.writer = SummaryWriter(str(run.path("tensorboard")), purge_step=purge)
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _Trackio:
-    """A local trackio project ``superalign`` (no Space unless ``TRACKIO_SPACE_ID`` is set),
-    one trackio run per run folder."""
-
-    def __init__(self, run: Run) -> None:
-        import trackio
-
-        self.trackio = trackio
-        trackio.init(project="superalign", name=run.dir.name, config=run.config, resume="allow")
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.trackio.log(dict(scalars), step=step)
-
-    def close(self) -> None:
-        self.trackio.finish()
-
-
-class _WandB:
-    """An offline W&B run in ``<run>/wandb/`` (``WANDB_MODE=offline`` unless already set;
-    ``wandb sync`` uploads it later)."""
-
-    def __init__(self, run: Run) -> None:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        import wandb
-
-        self.run = wandb.init(
-            project="superalign", name=run.dir.name, dir=str(run.dir), config=run.config
-        )
-
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.run.log(dict(scalars), step=step)
-
-    def close(self) -> None:
-        self.run.finish()
-
-
-TRACKERS: dict[str, Callable[[Run], Any]] = {
-    "tensorboard": _TensorBoard,
-    "trackio": _Trackio,
-    "wandb": _WandB,
-}
-"""``report_to`` -> a tracker built on a run's first logged step: ``log(step, scalars)``,
-``close()``."""
-
-
 # --- runs ----------------------------------------------------------------------------------------
 
 
@@ -398,7 +319,7 @@ class Run:
     inputs: dict[str, str] = field(default_factory=dict)
     resumed_from: int | None = None
     report_to: str = "none"
-    """Where :meth:`log` also writes (see :data:`REPORT_TO`); not part of the key."""
+    """Where :meth:`log` also writes (see :data:`superalign.tracking.REPORT_TO`); not part of the key."""
     _tracker: Any = field(default=None, repr=False, compare=False)
 
     def path(self, name: str) -> Path:
@@ -521,7 +442,7 @@ def run_stage(
 
     ``config`` must be JSON-able and hold everything that determines the result; ``inputs``
     names upstream artifacts (run folders, model folders) whose fingerprints join the key.
-    ``report_to`` (:data:`REPORT_TO`; None reads ``$SUPERALIGN_REPORT_TO``) is where
+    ``report_to`` (:data:`superalign.tracking.REPORT_TO`; None reads ``$SUPERALIGN_REPORT_TO``) is where
     :meth:`Run.log` also sends scalars; it is not part of the key.
     """
     report_to = check_report_to(report_to)
