@@ -25,15 +25,21 @@ CRITIC = [
     "n_train=2000",
     "max_steps=400",
     "batch_size=16",
+    "lr=3e-4",
     "sample_max_new_tokens=24",
     "eval_n=120",
     "log_every=20",
     "checkpoint_every=0",
     f"threads={THREADS}",
 ]
-"""About 50 s on one thread. The fixture policy is right on ~70% of these one-step problems, so
+"""About 20 s on one thread. The fixture policy is right on ~70% of these one-step problems, so
 its surprise is a weaker signal than the demo policy's (docs/stages/critic.md); the measured
-figures over seeds are beside the assertions."""
+figures over seeds and thread counts are beside the assertions. The LM's learning rate is 3e-4,
+not the stage's default 1e-3: at 1e-3 the critic of the 2-thread fixture policies of seeds 1 and
+2 flagged 16 of 40 off-by-ten steps (1 thread: 34, 33, 26); the LM's own knowledge of the tens
+digit did not survive fine-tuning. At 3e-4 every figure below improved on all six runs (seed 1,
+2 threads, other changes tried: lr 3e-3 8 of 40, lm_coef 1.0 22, head_lr 3e-3 21, 800 steps on
+4,000 solutions 17, corrupted_share 0.5 18)."""
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +65,15 @@ def test_critic_stage_learns_to_point_at_the_wrong_step(critic_run, arith_policy
     # before training the head is zero (P(wrong) = 1/2, never above the threshold): the only
     # flags are on solutions with no answer line, which are flagged without the model
     assert s["critic/recall_before"] < 0.1 and s["critic/line_auroc_before"] == 0.5
-    # 2,000 solutions, 400 steps; seeds 0-2, 1 thread (the fixture stopped at 70%): line AUROC
-    # 0.95, 0.97, 0.93; recall 0.87, 0.92, 0.72; precision 0.89, 0.89, 0.74; hallucination 0.11,
-    # 0.17, 0.31; location 0.86, 0.88, 0.70. (Half the data and steps: precision 0.67 and
-    # hallucination 0.46 on seeds 1-2 of the old fixture.)
-    assert s["critic/line_auroc"] > 0.85, s
-    assert s["critic/recall"] > 0.55 and s["critic/precision"] > 0.7, s
-    assert s["critic/hallucination"] < 0.4, s
-    assert s["critic/location_accuracy"] > 0.6, s
+    # 2,000 solutions, 400 steps at lr 3e-4; seeds 0 / 1 / 2, 1 thread | 2 threads: line AUROC
+    # 0.959, 0.963, 0.969 | 0.980, 0.975, 0.978; recall 0.91, 0.96, 0.83 | 0.84, 0.83, 0.89;
+    # precision 0.92, 0.95, 0.91 | 0.96, 0.98, 0.91; hallucination 0.089, 0.083, 0.089 | 0.050,
+    # 0.022, 0.081; location 0.91, 0.94, 0.84 | 0.85, 0.88, 0.88; recall before 0.013, 0.014,
+    # 0.013 | 0.013, 0.027, 0.000 (bound 0.1). Bounds sit 0.06-0.13 below the lowest of the six.
+    assert s["critic/line_auroc"] > 0.9, s
+    assert s["critic/recall"] > 0.7 and s["critic/precision"] > 0.8, s
+    assert s["critic/hallucination"] < 0.2, s
+    assert s["critic/location_accuracy"] > 0.75, s
     rows = read_metrics(critic_run.dir)
     assert "critic/recall_before" in rows[0] and "critic/recall" in rows[-1]
     assert sum("loss/step" in r for r in rows) == 20
@@ -90,11 +97,12 @@ def test_critic_loads_flags_explains_ranks_and_assists_a_rater(critic_run, test_
         f"MEASURE critic answer flags {sum(f == ANSWER for f in flags)}/40"
         f" ok {sum(k.step is None for k in ok)}/40 step0 {sum(k.step == 0 for k in crits)}/40"
     )
-    # seeds 0-2, 1 thread: 31, 27, 28 of 40 (bound 24); correct ones left unflagged 30, 27, 28
-    # (bound 24); off-by-ten steps flagged 34, 33, 26 (bound 20)
-    assert sum(f == ANSWER for f in flags) >= 0.6 * len(exs), flags
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: wrong answer lines flagged 34, 33, 37 | 35, 33, 34
+    # of 40 (bound 26); correct ones left unflagged 34, 33, 37 | 36, 33, 35 (bound 26); off-by-ten
+    # steps flagged 34, 34, 31 | 38, 34, 33 (bound 24): each bound 7 below the lowest of the six
+    assert sum(f == ANSWER for f in flags) >= 0.65 * len(exs), flags
     ok = critic.critique(prompts, gold)
-    assert sum(k.step is None for k in ok) >= 0.6 * len(exs)
+    assert sum(k.step is None for k in ok) >= 0.65 * len(exs)
     assert all(k.text == "ok" for k in ok if k.step is None)
     scores = critic.step_scores(prompts, gold)
     assert [len(s) for s in scores] == [1] * 40 and all(0 <= s[0] <= 1 for s in scores)
@@ -102,7 +110,7 @@ def test_critic_loads_flags_explains_ranks_and_assists_a_rater(critic_run, test_
     wrong = [e.prompt for e in exs], [off_by_ten(e) for e in exs]
     crits = critic.critique(*wrong)
     flagged = [k for k in crits if k.step == 0]
-    assert len(flagged) >= 0.5 * len(exs)
+    assert len(flagged) >= 0.6 * len(exs)
     assert all(k.text.startswith("step 1 is wrong: ") for k in flagged)
     assert sum(k.fix is not None for k in flagged) >= 0.9 * len(flagged)
     assisted = build_overseer(
