@@ -53,8 +53,9 @@ so RL on the gold reward raises held-out gold *on average over seeds*; on one ru
 1, 2 threads) it does not, which makes the per-run claim a visible xfail rather than a test
 that holds on one machine's rounding. Settings tried on that run (64 steps unless said): RLOO
 -0.012, 16 prompts x 16 completions +0.004, 4,000 training prompts -0.040, lr 2e-4 -0.063 (3e-4
-lowered gold on all three 1-thread seeds), 128 steps +0.026; resampled with other seeds, its policy and the RL model
-score 0.56 / 0.55 and 0.58 / 0.55: the gain there is within sampling noise. Before (32 steps, 256
+lowered gold on all three 1-thread seeds), 128 steps +0.026; resampled with other seeds, its
+policy and the RL model score 0.56 / 0.55 and 0.58 / 0.55: the gain there is within sampling
+noise. Before (32 steps, 256
 prompts): +0.020, +0.027, +0.059 | +0.051, -0.016, +0.105."""
 GREEDY_MARGIN = 0.03
 """Smallest gain of greedy held-out accuracy required. 64 steps, seeds 0 / 1 / 2, 1 thread | 2
