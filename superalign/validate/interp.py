@@ -74,6 +74,7 @@ from superalign.validate import activations as A
 from superalign.validate.autointerp import LLMExplainer, explain_latents, heuristic_explain
 from superalign.validate.ccs import ccs_layers, ccs_scores, contrast_pair, normalize_pairs
 from superalign.validate.probes import (
+    LAYER_RULES,
     WORLD_DATASETS,
     Contrast,
     contrast_dataset,
@@ -122,6 +123,10 @@ class InterpConfig:
     folds: int = 5
     """Grouped cross-validation folds on the non-test groups, over which each layer is scored
     to choose the probe's layer."""
+    layer_rule: Literal["best", "one_se"] = "best"
+    """How the probe's layer is chosen from those validation scores: ``best`` (highest AUROC) or
+    ``one_se`` (the earliest layer within one standard error of the best; see
+    ``superalign.validate.probes.choose_layer``). The test split plays no part in either."""
     test_share: float = 0.25
     """Share of each contrast dataset's groups (entities, problems) held out as the test split:
     never used to fit a probe or choose its layer; the reported AUROC is on it."""
@@ -188,6 +193,10 @@ class InterpConfig:
         check_at_least(self, 0, "sae_aux_k", "n_explain", "explain_random", "threads")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, not {self.folds}")
+        if self.layer_rule not in LAYER_RULES:
+            raise ConfigError(
+                f"layer_rule must be one of {', '.join(LAYER_RULES)}, not {self.layer_rule!r}"
+            )
         if not 0 < self.test_share < 0.5:
             raise ConfigError(f"test_share must be in (0, 0.5), not {self.test_share}")
         if 0 < self.n_probe < 2 * self.folds:
@@ -243,7 +252,9 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
         name = _name(kind)
         data = _contrast(cfg, kind)
         features = _features(cfg, model, tokenizer, data.texts, layers)  # layer -> [n, d]
-        r = probe_layers(features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share)
+        r = probe_layers(
+            features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share, cfg.layer_rule
+        )
         for layer in layers:
             run.log(
                 layer,
