@@ -47,6 +47,8 @@ def test_transfer_and_ccs_keys_are_aurocs(tiny_world_model, tmp_path):
         "ccs/cities",
         "transfer/cities->continents",
         "transfer/ccs/cities->continents",
+        "mass_mean/cities",
+        "transfer/mass_mean/cities->continents",
     ]
     for prefix in prefixes:
         value, low, high = (s[f"{prefix}/{k}"] for k in ("auroc", "auroc_low", "auroc_high"))
@@ -61,12 +63,19 @@ def test_transfer_and_ccs_keys_are_aurocs(tiny_world_model, tmp_path):
     logged = {k for row in read_metrics(res.dir) for k in row}
     assert {f"{p}/auroc" for p in prefixes} <= logged
     saved = json.loads((res.dir / "probes.json").read_text())
-    assert set(saved["transfer"]) == {"cities->continents", "ccs/cities->continents"}
+    assert set(saved["transfer"]) == {
+        "cities->continents",
+        "ccs/cities->continents",
+        "mass_mean/cities->continents",
+    }
+    assert saved["transfer"]["mass_mean/cities->continents"]["layer"] == t["layer"]
+    assert saved["cities"]["layer_rule"] == "one_se"  # the default for world datasets
 
 
 def test_world_config_defaults_and_checks():
     cfg = InterpConfig(model="x", task="world", datasets=["cities"])
     assert cfg.n_probe == 0 and cfg.ccs is None and cfg.sae is None and cfg.steer is None
+    assert cfg.layer_rule is None  # one_se for world datasets, best otherwise
     with pytest.raises(ConfigError, match="n_probe must be 0 or at least"):
         InterpConfig(model="x", n_probe=3)
     with pytest.raises(ConfigError, match="ccs_restarts"):

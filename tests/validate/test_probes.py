@@ -254,3 +254,17 @@ def test_choose_layer_best_and_one_standard_error():
         choose_layer(val, std, 4, rule="earliest")
     with pytest.raises(ConfigError, match="layer_rule must be one of"):
         InterpConfig(model="x", layer_rule="earliest")
+
+
+@pytest.mark.outcome
+def test_mass_mean_probe_is_the_mean_difference_of_the_fit_texts(test_seed):
+    x, y, _ = planted(seed=test_seed)
+    texts = [f"t{i}" for i in range(len(y))]
+    r = probe_layers({0: x}, Contrast(texts, y), seed=test_seed)
+    keep, rest, _, _ = r.split
+    xr, yr = x.numpy()[keep][rest], np.asarray(y)[keep][rest]
+    assert np.allclose(r.mass_mean, xr[yr == 1].mean(0) - xr[yr == 0].mean(0), atol=1e-4)
+    assert r.mass_mean_auroc_low <= r.mass_mean_auroc <= r.mass_mean_auroc_high
+    # seeds 0-5 (no thread dependence): 0.919, 0.886, 0.947, 0.843, 0.927, 0.932 (logistic
+    # regression 0.94-0.98): on anisotropic features the class means miss some of the direction
+    assert r.mass_mean_auroc > 0.75
