@@ -8,7 +8,8 @@ sparse autoencoder, explain-simulate-score and a causal steering check on one mo
    ``blocks.{i}.hook_resid_post`` at every layer in ``layers`` at each text's last token (or the
    mean over its tokens), deduplicates the texts, holds out ``test_share`` of their groups
    (entities, problems) as a test split, chooses the layer by grouped cross-validation on the
-   rest and reports that layer's logistic-regression probe on the test split
+   rest (``layer_rule``) and reports that layer's logistic-regression probe and its mass-mean
+   probe (Marks & Tegmark 2023) on the test split
    (:func:`~superalign.validate.probes.probe_layers`); the ``world`` datasets are the task's
    paired true/false statements, grouped by entity. Each probe is then scored, not refitted, on
    every ``transfer`` dataset at its chosen layer (that dataset's statements about entities the
@@ -40,7 +41,9 @@ docs/stages/interp.md:
   distinct texts and groups used; ``probe/<dataset>/auroc_by_layer`` (and ``auroc_std_by_layer``)
   at step = layer: cross-validated AUROC on the non-test groups, what the layer is chosen by;
 - ``transfer/<train>-><test>/auroc`` (``_low``, ``_high``, ``n``): the ``<train>`` probe on the
-  ``<test>`` dataset; ``ccs/<dataset>/auroc`` (``_low``, ``_high``, ``n``, ``layer``),
+  ``<test>`` dataset; ``mass_mean/<dataset>/auroc`` (``_low``, ``_high``, ``n``) and
+  ``transfer/mass_mean/<train>-><test>/auroc`` (...): the same for the mass-mean probe, at the
+  same layer; ``ccs/<dataset>/auroc`` (``_low``, ``_high``, ``n``, ``layer``),
   ``ccs/<dataset>/auroc_by_layer`` (validation, at step = layer) and
   ``transfer/ccs/<train>-><test>/auroc`` (...): the same for CCS;
 - ``sae/loss`` at step = SAE step (every 50); ``sae/fvu``, ``sae/l0``, ``sae/dead_fraction`` on
@@ -74,6 +77,7 @@ from superalign.validate import activations as A
 from superalign.validate.autointerp import LLMExplainer, explain_latents, heuristic_explain
 from superalign.validate.ccs import ccs_layers, ccs_scores, contrast_pair, normalize_pairs
 from superalign.validate.probes import (
+    LAYER_RULES,
     WORLD_DATASETS,
     Contrast,
     contrast_dataset,
@@ -122,6 +126,12 @@ class InterpConfig:
     folds: int = 5
     """Grouped cross-validation folds on the non-test groups, over which each layer is scored
     to choose the probe's layer."""
+    layer_rule: Literal["best", "one_se"] | None = None
+    """How the probe's layer is chosen from those validation scores: ``best`` (highest AUROC) or
+    ``one_se`` (the earliest layer within one standard error of the best; see
+    ``superalign.validate.probes.choose_layer``). The test split plays no part in either. None:
+    ``one_se`` for ``world`` datasets (on SmolLM2 it picks a middle block whose probe transfers
+    to other topics; docs/stages/interp.md), ``best`` otherwise."""
     test_share: float = 0.25
     """Share of each contrast dataset's groups (entities, problems) held out as the test split:
     never used to fit a probe or choose its layer; the reported AUROC is on it."""
@@ -188,6 +198,10 @@ class InterpConfig:
         check_at_least(self, 0, "sae_aux_k", "n_explain", "explain_random", "threads")
         if self.folds < 2:
             raise ConfigError(f"folds must be at least 2, not {self.folds}")
+        if self.layer_rule is not None and self.layer_rule not in LAYER_RULES:
+            raise ConfigError(
+                f"layer_rule must be one of {', '.join(LAYER_RULES)}, not {self.layer_rule!r}"
+            )
         if not 0 < self.test_share < 0.5:
             raise ConfigError(f"test_share must be in (0, 0.5), not {self.test_share}")
         if 0 < self.n_probe < 2 * self.folds:
@@ -243,7 +257,9 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
         name = _name(kind)
         data = _contrast(cfg, kind)
         features = _features(cfg, model, tokenizer, data.texts, layers)  # layer -> [n, d]
-        r = probe_layers(features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share)
+        r = probe_layers(
+            features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share, _rule(cfg, kind)
+        )
         for layer in layers:
             run.log(
                 layer,
@@ -267,9 +283,18 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
             "n_conflicting": r.n_conflicting,
             "auroc_by_layer": {str(k): v for k, v in r.val_auroc.items()},
             "auroc_std_by_layer": {str(k): v for k, v in r.val_auroc_std.items()},
+            "layer_rule": _rule(cfg, kind),
+            "mass_mean": {
+                "auroc": r.mass_mean_auroc,
+                "auroc_low": r.mass_mean_auroc_low,
+                "auroc_high": r.mass_mean_auroc_high,
+                "n": r.n,
+                "layer": r.layer,
+            },
         }
         keys = ("auroc", "auroc_low", "auroc_high", "accuracy", "layer", "n", "n_texts", "n_groups")
         logged = {f"probe/{name}/{k}": results[name][k] for k in keys}
+        logged.update({f"mass_mean/{name}/{k}": results[name]["mass_mean"][k] for k in KEYS})
         c = None
         if _use_ccs(cfg, kind):
             pos, neg = _pair_features(cfg, model, tokenizer, data.texts, layers)
@@ -341,6 +366,10 @@ def transfer_all(
             where = {"layer": r.layer, "items": items.which, "n_shared": items.n_shared_groups}
             out[key] = {**_interval(ci), **where}
             run.log(0, {f"transfer/{key}/{k}": out[key][k] for k in KEYS})
+            x = np.asarray(feats[r.layer], np.float64)[rows]
+            ci = auroc_interval(x @ r.mass_mean, y[rows], g[rows], seed=cfg.seed)
+            out[f"mass_mean/{key}"] = {**_interval(ci), **where}
+            run.log(0, {f"transfer/mass_mean/{key}/{k}": out[f"mass_mean/{key}"][k] for k in KEYS})
             if c is not None and _use_ccs(cfg, kind):
                 xp, xn = normalize_pairs(
                     np.asarray(pos[c.layer])[rows], np.asarray(neg[c.layer])[rows]
@@ -366,6 +395,11 @@ def _contrast(cfg: InterpConfig, kind: str) -> Contrast:
     )
     options = cfg.task_options if cfg.task.split(":")[0] == family else {}
     return contrast_dataset(kind, cfg.n_probe, cfg.seed, task_options=options)
+
+
+def _rule(cfg: InterpConfig, kind: str) -> str:
+    """The layer rule of dataset ``kind``: ``cfg.layer_rule``, or its default (see the field)."""
+    return cfg.layer_rule or ("one_se" if kind in WORLD_DATASETS else "best")
 
 
 def _use_ccs(cfg: InterpConfig, kind: str) -> bool:

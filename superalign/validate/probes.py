@@ -30,6 +30,7 @@ examples, mapped back to the raw activation space and normalized to unit length.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -227,6 +228,15 @@ class LayerProbe(NamedTuple):
     ``probe.predict_proba(x)[:, 1]`` scores new texts' features at ``layer`` without refitting."""
     split: Split | None = None
     """Which rows were kept, held out and used to fit."""
+    mass_mean: np.ndarray | None = None
+    """[d] mass-mean probe at ``layer`` (Marks & Tegmark 2023): the mean activation of the
+    non-test texts labelled 1 minus that of those labelled 0, in raw units; a text scores
+    ``x @ mass_mean``. It fits less of the training topic than the logistic regression (lower
+    in-distribution AUROC) and transfers better to other topics."""
+    mass_mean_auroc: float = float("nan")
+    mass_mean_auroc_low: float = float("nan")
+    mass_mean_auroc_high: float = float("nan")
+    """AUROC of ``mass_mean`` on the held-out test texts, with its 95% interval over groups."""
 
 
 class Split(NamedTuple):
@@ -276,6 +286,33 @@ def transfer_items(train: Contrast, test: Contrast) -> TransferItems:
     )
 
 
+LAYER_RULES = ("best", "one_se")
+"""How :func:`choose_layer` picks a layer from validation AUROCs."""
+
+
+def choose_layer(
+    val: Mapping[Hashable, float],
+    std: Mapping[Hashable, float],
+    folds: int,
+    rule: str = "best",
+) -> Hashable:
+    """The layer to probe, from each layer's mean cross-validated AUROC ``val`` and its standard
+    deviation over ``folds`` folds ``std``. ``best``: the highest (the first, in ``val``'s order,
+    of equals). ``one_se``: the first layer whose AUROC is within one standard error
+    (``std / sqrt(folds)``) of the best's, the one-standard-error rule of model selection
+    (Hastie, Tibshirani & Friedman, *Elements of Statistical Learning*, 7.10): among layers
+    that validation cannot tell apart it takes the earliest, whose direction is less specific to
+    the training topic (Marks & Tegmark 2023 find truth directions generalize best in middle
+    layers)."""
+    if rule not in LAYER_RULES:
+        raise ValueError(f"rule must be one of {', '.join(LAYER_RULES)}, not {rule!r}")
+    best = max(val, key=lambda layer: val[layer])
+    if rule == "best":
+        return best
+    floor = val[best] - std[best] / math.sqrt(folds)
+    return next(layer for layer in val if val[layer] >= floor)
+
+
 def probe_layers(
     features: Mapping[Hashable, torch.Tensor | np.ndarray],
     data: Contrast,
@@ -283,20 +320,26 @@ def probe_layers(
     c: float = 1.0,
     seed: int = 0,
     test_share: float = 0.25,
+    rule: str = "best",
 ) -> LayerProbe:
     """Deduplicate ``data``, hold out ``test_share`` of its groups, choose the layer of
     ``features`` (layer -> [n_rows, d], one row per text of ``data``) by grouped
-    cross-validation on the rest and score that layer's probe on the held-out groups."""
+    cross-validation on the rest (:func:`choose_layer` with ``rule``) and score that layer's
+    probe on the held-out groups."""
     dedup = deduplicate(data.texts, data.labels)
     split = split_contrast(data, test_share, seed)
     keep, rest, test, g = split
     y = np.asarray(data.labels, dtype=np.int64)[keep]
     xs = {layer: np.asarray(x, dtype=np.float64)[keep] for layer, x in features.items()}
     val = {layer: cv_probe(x[rest], y[rest], folds, c, seed, g[rest]) for layer, x in xs.items()}
-    best = max(val, key=lambda layer: val[layer].auroc)  # first of equals: the lowest layer
+    best = choose_layer(
+        {k: r.auroc for k, r in val.items()}, {k: r.auroc_std for k, r in val.items()}, folds, rule
+    )
     model = _fit(xs[best][rest], y[rest], c, seed)
     p = model.predict_proba(xs[best][test])[:, 1]
     ci = auroc_interval(p, y[test], g[test], seed=seed)
+    theta = mean_difference(torch.as_tensor(xs[best][rest]), y[rest]).numpy()
+    mm = auroc_interval(xs[best][test] @ theta, y[test], g[test], seed=seed)
     return LayerProbe(
         layer=best,
         auroc=ci.value,
@@ -315,6 +358,10 @@ def probe_layers(
         direction=_direction(model),
         probe=model,
         split=split,
+        mass_mean=theta,
+        mass_mean_auroc=mm.value,
+        mass_mean_auroc_low=mm.low,
+        mass_mean_auroc_high=mm.high,
     )
 
 
