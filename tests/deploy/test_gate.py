@@ -97,14 +97,16 @@ def test_far_candidate_rejected_over_small_budget_admitted_under_large(models):
     )
     assert small["verdict"] == "fail" and len(small["reasons"]) == 1
     assert small["reasons"][0].startswith("KL upper bound")
-    # far: even the lower bound is over the budget (seeds 0-2, 1 thread: 8.50, 8.40, 9.08)
+    # far: even the lower bound is over the budget (seeds 0 / 1 / 2, 1 thread | 2 threads: 8.50,
+    # 8.40, 9.08 | 7.04, 6.78, 9.74)
     assert small["kl/ref_low"] > 0.05
     # temperature 2 keeps every greedy answer: the gold audit passes, only the KL fails
     assert small["eval/accuracy_candidate"] == small["eval/accuracy_safe"]
     large = _gate(models, "hot", 1000).summary
     assert large["verdict"] == "pass" and large["reasons"] == []
     assert large["kl/ref"] == pytest.approx(small["kl/ref"])  # the same measurement
-    # seeds 0-2, 1 thread: 18.1 vs 1.08, 16.2 vs 1.13, 19.4 vs 1.41
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 18.1 vs 1.08, 16.2 vs 1.13, 19.4 vs 1.41 | 14.4 vs
+    # 0.85, 14.2 vs 1.17, 19.6 vs 1.18
     assert large["policy/entropy"] > 1.5 * safe_entropy
 
 
@@ -114,7 +116,8 @@ def test_a_candidate_that_lost_its_arithmetic_fails_the_gold_audit(models):
     print(
         f"MEASURE gate noisy acc {s['eval/accuracy_candidate']:.3f} safe {s['eval/accuracy_safe']:.3f}"
     )
-    # seeds 0-2, 1 thread: 0.0 vs 0.825, 0.0 vs 0.70, 0.0 vs 0.725
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.0 vs 0.825, 0.0 vs 0.70, 0.0 vs 0.725 | 0.0 vs
+    # 0.75, 0.0 vs 0.75, 0.0 vs 0.725
     assert s["eval/accuracy_candidate"] < s["eval/accuracy_safe"] - 0.05
     assert s["verdict"] == "fail" and s["kl"]["passed"]
     assert [r.split(":")[0] for r in s["reasons"]] == ["audit gold"]
@@ -148,8 +151,8 @@ def test_interval_covers_the_exact_kl(models):
         covered += est.k3.low <= truth <= est.k3.high
         assert abs(est.k3.mean - truth) < 4 * (est.k3.high - est.k3.low) / 3.92
     print(f"MEASURE gate exact kl {truth:.4f} covered {covered}/5")
-    # a 95% interval, 5 independent draws (seeds 0-2, 1 thread: 4, 4, 5 of 5; exact KL 0.76,
-    # 0.83, 0.77)
+    # a 95% interval, 5 independent draws (seeds 0 / 1 / 2, 1 thread | 2 threads: 4, 4, 5 | 4, 5,
+    # 5 of 5; exact KL 0.76, 0.83, 0.77 | 0.66, 0.56, 0.83)
     assert covered >= 4, covered
 
 

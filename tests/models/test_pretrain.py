@@ -46,7 +46,7 @@ def trained(tmp_path_factory, test_seed):
 def test_loss_falls_and_the_model_learns_the_solution_format(trained, test_seed):
     res, cfg, _ = trained
     s = res.summary
-    # seeds 0-2, 1 thread: 0.30, 0.31, 0.31x
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.30, 0.31, 0.31x | 0.30, 0.30, 0.31x
     assert s["loss/train_final"] < 0.5 * s["loss/train_first"]
     assert 0.0 <= s["eval/accuracy/d1"] <= 1.0
     rows = read_metrics(res.dir)
@@ -68,7 +68,8 @@ def test_loss_falls_and_the_model_learns_the_solution_format(trained, test_seed)
         f"MEASURE pretrain loss ratio {s['loss/train_final'] / s['loss/train_first']:.3f}"
         f" well formed {sum(well_formed)}/{len(exs)}"
     )
-    assert sum(well_formed) >= 0.8 * len(exs), out.texts[:4]  # seeds 0-2: 32 of 32 each
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 32 of 32 on each of the six
+    assert sum(well_formed) >= 0.8 * len(exs), out.texts[:4]
 
 
 def test_parameters_changed_from_initialisation(trained):

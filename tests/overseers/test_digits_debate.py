@@ -73,7 +73,9 @@ def test_wilson_interval_matches_the_closed_form():
 def test_judge_beats_chance_on_held_out_random_pixels(judge, digits, test_seed):
     _, acc = no_debate_accuracy(judge, digits, len(digits.test_x), test_seed)
     print(f"MEASURE digits judge alone {acc:.3f}")
-    assert acc > 0.35  # chance is 0.10; seeds 0-2, 1 thread: 0.422..0.432
+    # chance is 0.10; seeds 0 / 1 / 2, 1 thread | 2 threads: 0.430, 0.422, 0.432 | 0.430, 0.422,
+    # 0.432 (judge loss fall, in the fixture: not printed)
+    assert acc > 0.35
 
 
 def test_judge_sees_only_revealed_pixels(judge, digits):
@@ -103,7 +105,8 @@ def test_greedy_debate_beats_judging_alone_at_k4(judge, digits, test_seed):
         for i in range(n)
     ]
     print(f"MEASURE digits debate {np.mean(wins):.3f} alone {alone:.3f}")
-    assert np.mean(wins) > alone + 0.2  # seeds 0-2, 1 thread: 0.88..0.93 vs 0.42..0.45
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.90 vs 0.45, 0.93 vs 0.44, 0.88 vs 0.42 | the same
+    assert np.mean(wins) > alone + 0.2
 
 
 @pytest.mark.parametrize(
@@ -187,8 +190,8 @@ def test_stage_runs_end_to_end_and_writes_the_table(tmp_path, test_seed):
     for r in rows.values():
         assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     print(f"MEASURE digits stage { ({k: round(r['accuracy'], 3) for k, r in rows.items()}) }")
-    # a 600-step judge, still well above chance; seeds 0-2, 1 thread: 0.370..0.389, and debate
-    # (greedy liar first) 0.775..0.85
+    # a 600-step judge, still well above chance; seeds 0 / 1 / 2, 1 thread | 2 threads: 0.370,
+    # 0.375, 0.389 | the same, and debate (greedy liar first) 0.775, 0.80, 0.85 | the same
     assert rows["none", "-"]["accuracy"] > 0.25
     assert rows["greedy", "liar"]["accuracy"] > rows["none", "-"]["accuracy"]
     table = (result.dir / "table.md").read_text()

@@ -43,8 +43,9 @@ def test_every_overseer_is_scored_per_source_against_gold(sandwich):
         assert set(res[label]) == {"tiny", "corrupted", "all"}
         assert res[label]["all"]["n"] == 120
     assert s["gold/wrong_share"]["corrupted"] == 1.0
-    # the policy writes both kinds: seeds 0-2, 1 thread: 0.28, 0.42, 0.37 of its solutions wrong
-    # (old fixture: 0.30..0.93; its seed-2 policy was right on 4 of 60)
+    # the policy writes both kinds: seeds 0 / 1 / 2, 1 thread | 2 threads: 0.28, 0.42, 0.37 |
+    # 0.37, 0.43, 0.35 of its solutions wrong (old fixture: 0.30..0.93; its seed-2 policy was
+    # right on 4 of 60)
     assert 0.05 < s["gold/wrong_share"]["tiny"] < 0.95
     for src in ("tiny", "corrupted", "all"):
         assert res["gold"][src]["accuracy"] == 1.0  # gold agrees with itself

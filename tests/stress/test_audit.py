@@ -159,9 +159,9 @@ def test_the_audit_writes_its_matrix_scored_after_unsealing(audited, backdoor):
 @pytest.mark.xfail(
     strict=False,
     reason="a claim that does not hold over seeds, kept visible: the red team separated the test "
-    "backdoor at AUROC 0.71 / 0.93 / 0.71 with recall 0.16 / 0.53 / 0.22 on seeds 0 / 1 / 2 (1 "
-    "thread; the recall claim fails on seeds 0 and 2). Which detector catches this backdoor "
-    "depends on the recipe and the seed.",
+    "backdoor at AUROC 0.71, 0.93, 0.71 | 0.56, 0.80, 0.84 with recall 0.16, 0.53, 0.22 | 0.06, "
+    "0.16, 0.31 (seeds 0 / 1 / 2, 1 thread | 2 threads; it holds on seed 1 with 1 thread only). "
+    "Which detector catches this backdoor depends on the recipe and the seed.",
 )
 def test_the_red_team_catches_the_backdoor(audited):
     s = audited.summary

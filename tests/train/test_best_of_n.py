@@ -155,7 +155,8 @@ def test_selecting_by_gold_raises_gold_monotonically(bon_runs):
     g = [t[n]["reward/gold"] for n in sorted(t)]
     print(f"MEASURE bon gold by n {[round(x, 3) for x in g]} gain@16 {g[4] - g[0]:+.3f}")
     assert all(b >= a for a, b in zip(g, g[1:])), g
-    # seeds 0-2, 1 thread: +0.225, +0.321, +0.361 (from 0.76, 0.60, 0.63 at n = 1)
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: +0.225, +0.321, +0.361 | +0.249, +0.317, +0.349
+    # (from 0.76, 0.60, 0.63 | 0.75, 0.66, 0.645 at n = 1)
     assert t[16]["reward/gold"] > t[1]["reward/gold"] + 0.1, g
     assert all(t[n]["reward/proxy"] == pytest.approx(t[n]["reward/gold"], abs=1e-6) for n in t)
     s = gold.summary
@@ -178,7 +179,8 @@ def test_kl_columns(bon_runs):
     # the policy)
     t = _table(bon_runs[0])
     print(f"MEASURE bon gold kl32/bound {t[32]['kl/ref'] / t[32]['kl/bound']:.3f}")
-    assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]  # seeds 0-2, 1 thread: 0.19, 0.31, 0.24
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.19, 0.31, 0.24 | 0.15, 0.23, 0.25
+    assert t[32]["kl/ref"] < 0.8 * t[32]["kl/bound"]
 
 
 @pytest.mark.outcome
@@ -195,9 +197,10 @@ def test_a_surface_checking_noisy_rater_is_overoptimized(bon_runs):
     assert tr[1]["policy/length"] == tg[1]["policy/length"]
     proxy = [tr[n]["reward/proxy"] for n in sorted(tr)]
     assert all(b > a for a, b in zip(proxy, proxy[1:])), proxy
-    # seeds 0-2, 1 thread: -0.38, -0.28, -0.32 (0.76 -> 0.38, 0.60 -> 0.31, 0.63 -> 0.31). Old
-    # fixture: -0.30, -0.19, +0.03, failing on seed 2, whose policy was right on 0.10 of its
-    # samples at n = 1, leaving gold no room to fall
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: -0.38, -0.28, -0.32 | -0.19, -0.29, -0.21 (0.76 ->
+    # 0.38, 0.60 -> 0.31, 0.63 -> 0.31 | 0.75 -> 0.56, 0.66 -> 0.375, 0.645 -> 0.44; proxy AUROC
+    # 0.51, 0.43, 0.48 | 0.53, 0.47, 0.65). Old fixture: -0.30, -0.19, +0.03, failing on seed 2,
+    # whose policy was right on 0.10 of its samples at n = 1, leaving gold no room to fall
     assert tr[32]["reward/gold"] < tr[1]["reward/gold"] - 0.1, (tr[1], tr[32])
     assert rater.summary["gold_final"] < rater.summary["gold_peak"]
     assert rater.summary["proxy_auroc"] < gold.summary["proxy_auroc"] == 1.0

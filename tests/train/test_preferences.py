@@ -51,9 +51,9 @@ def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_polic
         # every prompt is accounted for: written, identical completions, or no gold difference
         dropped = s[f"pairs/identical/{split}"] + s[f"pairs/overseer_tied/{split}"]
         assert s[f"pairs/n/{split}"] + dropped == n
-        # the policy writes right and wrong answers: seeds 0-2, 1 thread gave 52, 53, 52 train
-        # and 26, 21, 23 test pairs (the fixture policy is right on 0.47, 0.38, 0.36 of these
-        # samples)
+        # the policy writes right and wrong answers: seeds 0 / 1 / 2, 1 thread | 2 threads gave
+        # 52, 53, 52 | 67, 57, 51 train and 26, 21, 23 | 22, 23, 26 test pairs (the fixture
+        # policy is right on 0.47, 0.38, 0.36 | 0.445, 0.395, 0.41 of these samples)
         assert s[f"pairs/n/{split}"] >= 3
         assert s[f"pairs/gold_agreement/{split}"] == 1.0 and s[f"pairs/gold_tied/{split}"] == 0
     assert all(r["gold_chosen"] == 1.0 and r["gold_rejected"] == 0.0 for r in rows)
@@ -65,7 +65,7 @@ def test_gold_labels_agree_with_gold_and_the_file_keeps_its_contract(arith_polic
     test_prompts = {ex.prompt for ex in task.examples("test", 60, 1, seed=test_seed)}
     assert {r["prompt"] for r in rows if r["split"] == "test"} <= test_prompts
     assert not {r["prompt"] for r in rows if r["split"] == "train"} & test_prompts
-    # 0.47, 0.38, 0.36
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.47, 0.38, 0.36 | 0.445, 0.395, 0.41
     assert 0.03 < s["reward/gold"] < 0.9 and s["reward/proxy"] == s["reward/gold"]
     assert s["policy/length"] > 5
 
@@ -88,8 +88,9 @@ def test_sampled_labels_are_noisy_at_the_rate_the_overseer_sets(arith_policy, ro
     agree = [r["gold_chosen"] > r["gold_rejected"] for r in rows]
     share, n = sum(agree) / len(agree), len(agree)
     print(f"MEASURE prefs sampled agreement {share:.3f} of {n}")
-    # a Bernoulli(0.62) share of n pairs: within 3 standard errors (seeds 0-2, 1 thread: 0.56,
-    # 0.69, 0.67 of 78, 74, 75 pairs, all within 1.2)
+    # a Bernoulli(0.62) share of n pairs: within 3 standard errors (seeds 0 / 1 / 2, 1 thread |
+    # 2 threads: 0.56, 0.69, 0.67 | 0.60, 0.61, 0.56 of 78, 74, 75 | 89, 80, 77 pairs, all within
+    # 1.2)
     p = 1 / (1 + math.exp(-0.5))
     assert abs(share - p) < 3 * math.sqrt(p * (1 - p) / n), (share, n)
     assert {round(r["p_chosen"], 4) for r in rows} == {0.6225, 0.3775}
@@ -105,8 +106,9 @@ def test_a_surface_checking_rater_is_fooled_where_gold_is_not(arith_policy, root
     res, rows = _run(arith_policy, root, *args, "max_new_tokens=40", f"seed={test_seed}")
     s = res.summary
     print(f"MEASURE prefs rater proxy {s['reward/proxy']:.3f} gold {s['reward/gold']:.3f}")
-    # seeds 0-2, 1 thread: proxy - gold +0.15, +0.19, +0.22 (0.38 - 0.23, 0.41 - 0.22, 0.41 -
-    # 0.19); margin +0.1
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: proxy - gold +0.15, +0.19, +0.22 | +0.17, +0.23,
+    # +0.20 (0.38 - 0.23, 0.41 - 0.22, 0.41 - 0.19 | 0.43 - 0.25, 0.42 - 0.19, 0.40 - 0.195);
+    # margin +0.1
     assert s["overseer"]["spec"] == "rater" and s["overseer"]["options"] == {"check_steps": 0}
     assert s["pairs/gold_agreement/train"] < 1.0 or s["pairs/gold_tied/train"] > 0
     assert s["reward/proxy"] > s["reward/gold"] + 0.1  # it accepts wrong answers gold rejects

@@ -84,12 +84,14 @@ def test_loss_falls_on_train_and_held_out_completions(tuned):
         f" ratio {s['eval/loss/d2'] / s['eval/loss_before/d2']:.3f}"
     )
     assert s["steps"] == 100 and s["n_train"] == 1000
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.24, 0.26, 0.25x | 0.24, 0.27, 0.26x
     assert s["loss/train_final"] < 0.5 * s["loss/train_first"]
     rows = read_metrics(res.dir)
     assert len([r for r in rows if "loss/train" in r]) >= 5
     assert {"eval/accuracy_before/d2", "eval/loss_before/d2"} <= set(rows[0])
     # held-out (test split) gold completions of the trained level: much more likely after SFT
-    assert s["eval/loss/d2"] < 0.7 * s["eval/loss_before/d2"]  # seeds 0-2, 1 thread: 0.24..0.26x
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0.243, 0.258, 0.245x | 0.245, 0.266, 0.261x
+    assert s["eval/loss/d2"] < 0.7 * s["eval/loss_before/d2"]
     for k in ("eval/accuracy_before/d1", "eval/accuracy/d1", "eval/accuracy/d2"):
         assert 0.0 <= s[k] <= 1.0
 
@@ -101,7 +103,8 @@ def test_sft_teaches_the_demonstrated_two_step_format(tuned, test_seed):
     before = _two_step_rate(pre.dir / "model", exs)
     after = _two_step_rate(res.dir / "model", exs)
     print(f"MEASURE sft two-step format {before:.3f}->{after:.3f}")
-    assert after >= 0.7 and after > before, (before, after)  # seeds 0-2, 1 thread: 0 -> 0.88..1.0
+    # seeds 0 / 1 / 2, 1 thread | 2 threads: 0 -> 0.875, 0.94, 1.0 | 0.97, 0.97, 1.0
+    assert after >= 0.7 and after > before, (before, after)
 
 
 def test_parameters_changed(tuned):
