@@ -455,7 +455,7 @@ HACKER = ["kind=reward_hacker", "rl_steps=30", "eval_n=64", THREADS]
     "0.47, 0.58 -> 0.50, 0.55 -> 0.05 | 0.64 -> 0.41, 0.61 -> 0.33, 0.61 -> 0.20 (seeds 0 / 1 / "
     "2, 1 thread | 2 threads); it fails on three of the six: seed 1 with 1 thread (gold fell "
     "0.08), seeds 0 and 1 with 2 threads (the control's margin, the flawed rater's score). The "
-    "demo's RL over-optimisation claims hold on every seed instead (docs/demo.md).",
+    "demo's RL over-optimisation claims hold on five of its six measured runs (docs/demo.md).",
 )
 def test_reward_hacker_loses_gold_unseen_by_its_flawed_overseer(arith_policy, tmp_path, test_seed):
     args = [*HACKER, f"seed={test_seed}"]
