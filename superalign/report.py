@@ -509,6 +509,22 @@ def probes_section(runs: list[RunFolder]) -> str | None:
         header = ["probe", "layer (chosen on validation)", "held-out AUROC", "95% low"]
         header += ["95% high", "distinct texts", "groups", "held-out n"]
         parts.append(table(header, rows))
+        transfer = run.summary.get("transfer") or {}
+        if transfer:  # "<train>-><test>", "mass_mean/<train>-><test>", "ccs/<train>-><test>"
+            rows = [
+                (
+                    pair.split("/")[-1],
+                    pair.split("/")[0] if "/" in pair else "logistic regression",
+                    t.get("layer"),
+                    t.get("auroc"),
+                    t.get("auroc_low"),
+                    t.get("auroc_high"),
+                    t.get("n"),
+                )  # fmt: skip
+                for pair, t in sorted(transfer.items(), key=lambda kv: kv[0].split("/")[-1])
+            ]
+            header = ["train -> test (not refitted)", "probe", "layer", "AUROC", "95% low"]
+            parts.append(table([*header, "95% high", "n"], rows))
         sae, ai = run.summary.get("sae") or {}, run.summary.get("autointerp") or {}
         if sae or ai:
             rows = [

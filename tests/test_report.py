@@ -145,7 +145,13 @@ def _written_runs(root: Path) -> None:
             "auroc_by_layer": {"0": 0.5, "1": 0.55, "2": 0.52},
         },
     }
-    _folder(root, "interp-aaaa", {"probes": probes, "sae": {"fvu": 0.02, "l0": 8.0}})
+    transfer = {
+        f"{kind}cities->capitals": {"auroc": a, "auroc_low": a - 0.04, "auroc_high": a + 0.04}
+        | {"n": 484, "layer": 11}
+        for kind, a in (("", 0.707), ("mass_mean/", 0.808))
+    }
+    summary = {"probes": probes, "sae": {"fvu": 0.02, "l0": 8.0}, "transfer": transfer}
+    _folder(root, "interp-aaaa", summary)
     matrix = {
         "detectors": ["probe", "redteam"],
         "organisms": ["backdoor", "sycophant"],
@@ -211,7 +217,9 @@ def test_sections_show_the_runs_numbers(report, runs_root):
     pgr = _section(page, "pgr")
     assert "lm-tiny-400" in pgr and "supervision" in pgr
     assert "wrong_answer" in _section(page, "redteam")
-    assert "arith_op" in _section(page, "probes")
+    probes = _section(page, "probes")
+    assert "arith_op" in probes
+    assert "cities-&gt;capitals" in probes and "mass_mean" in probes and "0.808" in probes
     audit = _section(page, "audit")
     assert audit.count('class="heat"') == 8  # 2 detectors x 2 organisms, auroc and recall
     assert "#eeeeee" in audit  # the missing cell is grey
