@@ -196,8 +196,8 @@ class LayerProbe(NamedTuple):
     """A probe whose layer was chosen without the test split, scored on the test split."""
 
     layer: Hashable
-    """The layer (key of the features) with the best cross-validated AUROC on the non-test
-    groups."""
+    """The layer (key of the features) chosen by :func:`choose_layer` from the cross-validated
+    AUROC on the non-test groups."""
     auroc: float
     """AUROC of that layer's probe (fitted on all non-test texts) on the held-out test texts."""
     auroc_low: float
