@@ -61,6 +61,14 @@ class OverseerAgreement(NamedTuple):
     n: int
 
 
+def check_pairs(prompts: list[str], completions: list[str]) -> None:
+    """Raise unless there is one completion per prompt (every overseer's ``score`` input)."""
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"need one completion per prompt (got {len(prompts)} and {len(completions)})"
+        )
+
+
 def agreement_with_gold(
     scores: list[float], gold: list[float], threshold: float = 0.5
 ) -> OverseerAgreement:

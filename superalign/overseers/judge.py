@@ -68,7 +68,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from superalign.config import set_threads
 from superalign.metrics import auroc_interval
-from superalign.overseers.base import OverseerAgreement, agreement_with_gold
+from superalign.overseers.base import OverseerAgreement, agreement_with_gold, check_pairs
 from superalign.overseers.build import OVERSEERS, build_overseer
 from superalign.runs import Run, atomic_write_text
 from superalign.tasks.base import Example, Task
@@ -318,10 +318,7 @@ class LLMJudge:
 
     def judge(self, prompts: list[str], completions: list[str]) -> JudgeScores:
         """Normalised and raw P(yes), and raw P(no), for each pair."""
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"need one completion per prompt (got {len(prompts)} and {len(completions)})"
-            )
+        check_pairs(prompts, completions)
         texts = [self.prompt_text(p, c) for p, c in zip(prompts, completions)]
         masses: list[tuple[float, float]] = []
         for i in range(0, len(texts), self.batch_size):

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from superalign.overseers.base import check_pairs
 from superalign.tasks.base import Example, Task
 
 FORMATS = ("statement", "qa")
@@ -65,10 +66,7 @@ class ProbeJudge:
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         """P(true) of each ``"<prompt> <completion>"`` (the overseer protocol)."""
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"need one completion per prompt (got {len(prompts)} and {len(completions)})"
-            )
+        check_pairs(prompts, completions)
         return self.probabilities([judged_text(p, c) for p, c in zip(prompts, completions)])
 
     @classmethod
