@@ -104,18 +104,33 @@ def run_pipeline(
     root: str | Path | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, StageResult]:
     """Check every step (:func:`check_pipeline`), then run them in order, resolving ``${id}`` to
-    earlier steps' run folders."""
+    earlier steps' run folders. A step that raises stops the pipeline, unless ``failed`` is given:
+    then its error goes into ``failed`` (step id -> why), every step that names it (``${id}``) is
+    skipped with a reason there too, and the others run. Returns the steps that finished."""
     check_pipeline(steps)
     done: dict[str, Path] = {}
     results: dict[str, StageResult] = {}
     for n, step in enumerate(steps, 1):
+        needs = [ref for ref in _REF.findall(str(step.config)) if failed and ref in failed]
+        if needs:
+            failed[step.id] = f"needs {needs[0]}, which did not finish"
+            log(f"[{n}/{len(steps)}] {step.id} skipped: {failed[step.id]}")
+            continue
         config, inputs = _resolve(step, done)
         cfg_cls, _ = STAGES[step.stage].load()
         cfg = from_dict(cfg_cls, config, prefix=f"{step.id}.")
         log(f"[{n}/{len(steps)}] {step.id} ({step.stage}) ...")
-        res = execute(step.stage, cfg, inputs=inputs, root=root, force=force)
+        try:
+            res = execute(step.stage, cfg, inputs=inputs, root=root, force=force)
+        except Exception as e:
+            if failed is None:
+                raise
+            failed[step.id] = f"{type(e).__name__}: {e}"
+            log(f"[{n}/{len(steps)}] {step.id} FAILED: {failed[step.id]}")
+            continue
         log(f"[{n}/{len(steps)}] {step.id} {'reused' if res.reused else 'finished'}: {res.dir}")
         done[step.id], results[step.id] = Path(res.dir), res
     return results

@@ -29,8 +29,21 @@ def test_the_embedded_pipeline_is_valid_and_covers_the_loop(tmp_path):
         config = _substitute(step.config, str(fake))
         cls, _ = STAGES[step.stage].load()
         from_dict(cls, config, f"{step.id}.")  # raises ConfigError on a bad field
-    assert {step for step, _ in demo.CLAIMS} <= set(ids)
+    assert {step for step, _, _ in demo.CLAIMS} <= set(ids)
     assert len(demo.CLAIMS) >= 8
+
+
+def test_a_claim_whose_step_did_not_finish_is_shown_failing_with_the_reason():
+    failed = {"backdoor": "OrganismNotVerified: fires on 0.06 of triggered prompts (< 0.9)"}
+    claims = demo.demo_claims({}, 0, failed)
+    assert [c.id for c in claims] == [c.id for _, c, _ in demo.CLAIMS]  # none dropped
+    assert not any(c.passed for c in claims)
+    fires = next(c for c in claims if c.id == "backdoor_fires")
+    assert fires.reason == f"step backdoor did not finish: {failed['backdoor']}"
+    assert fires.value is None and fires.step == "backdoor"
+    gate = next(c for c in claims if c.id == "gate_rejects")
+    assert gate.reason == "step gate did not finish: not in the pipeline"
+    assert all(c.reason == "" for _, c, _ in demo.CLAIMS)  # the fixed claims are not mutated
 
 
 def test_seed_shifts_every_seed_of_every_step():

@@ -139,3 +139,34 @@ def test_check_flag_checks_a_pipeline_without_running_it(tmp_path, capsys):
     assert main(["run", str(path), "--check", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert "1 steps checked, nothing run" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_step_skips_the_steps_that_need_it_when_asked(tmp_path, monkeypatch):
+    import types
+
+    import superalign.pipeline as pipeline
+
+    text = f"""\
+        stages:
+          - {{id: a, stage: pretrain, config: {QUICK}}}
+          - {{id: b, stage: sft, config: {{model: "${{a}}"}}}}
+          - {{id: c, stage: pretrain, config: {QUICK[:-1]}, seed: 1}}}}
+        """
+    ran = []
+
+    def fake_execute(name, cfg, **kw):
+        ran.append(cfg.seed)
+        if cfg.seed == 0:
+            raise RuntimeError("not verified")
+        return types.SimpleNamespace(dir=tmp_path / "c", reused=False)
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    steps = load_pipeline(write(tmp_path, text))
+    with pytest.raises(RuntimeError, match="not verified"):  # by default a failure stops it
+        run_pipeline(steps, root=tmp_path / "runs", log=lambda _: None)
+    ran.clear()
+    failed, lines = {}, []
+    done = run_pipeline(steps, root=tmp_path / "runs", log=lines.append, failed=failed)
+    assert list(done) == ["c"] and ran == [0, 1]  # b never ran: it needs a
+    assert failed == {"a": "RuntimeError: not verified", "b": "needs a, which did not finish"}
+    assert any("a FAILED: RuntimeError: not verified" in line for line in lines)
