@@ -16,6 +16,11 @@ the reference on fresh samples from the test pairs' prompts. ``model/`` makes th
 ``load_model`` spec for the next stage. TRL's resumable checkpoints go to ``checkpoint/`` with a
 ``step.json`` marker, as in :mod:`superalign.train.sft`.
 
+With ``lora=true`` only LoRA adapters train (:mod:`superalign.train.lora`; ``adapter/`` holds
+them, ``model/`` the merged model), and TRL's reference is the policy with its adapter disabled,
+i.e. ``model`` as loaded (a ``reference`` you name is used as named); the evaluation still scores
+the policy against a loaded copy of the reference.
+
 Metrics (``metrics.jsonl``):
 
 - ``loss/train``: TRL's DPO loss averaged over the last ``log_every`` optimizer steps;
@@ -52,8 +57,9 @@ from superalign.config import set_threads
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
 from superalign.models.sampling import token_logprobs
-from superalign.runs import Run, atomic_dir
+from superalign.runs import Run
 from superalign.tasks import get_task, split_examples
+from superalign.train import lora
 from superalign.train.kl import policy_kl
 from superalign.train.preferences import read_preferences
 from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
@@ -73,7 +79,7 @@ TRL_METRICS = {
 
 
 @dataclass
-class DPOStageConfig:
+class DPOStageConfig(lora.LoRAFields):
     """Train a policy on preference pairs with DPO against a frozen reference."""
 
     model: str = ""
@@ -157,6 +163,7 @@ class DPOStageConfig:
             raise ConfigError(f"epochs must be positive when max_steps is 0, not {self.epochs}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
+        lora.check(self)
 
 
 # --- pairs and the implicit reward ---------------------------------------------------------------
@@ -320,6 +327,7 @@ def run(cfg: DPOStageConfig, run: Run) -> dict[str, Any]:
         before = evaluate(0, "_before")
 
     trainer = _trainer(cfg, run, model, reference, tokenizer, train_pairs)
+    model = trainer.model  # with lora, the PeftModel around the base
     trainer.train(resume_from_checkpoint=resume_step is not None)
     steps = trainer.state.global_step
 
@@ -331,9 +339,8 @@ def run(cfg: DPOStageConfig, run: Run) -> dict[str, Any]:
         after.update(kl)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(run.path("model")) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    adapters = lora.summary(model, cfg)
+    lora.save(model, tokenizer, run)
     losses = [r["loss/train"] for r in run.metrics() if "loss/train" in r]
     return {
         "task": cfg.task,
@@ -347,6 +354,7 @@ def run(cfg: DPOStageConfig, run: Run) -> dict[str, Any]:
         "loss/train_final": losses[-1] if losses else None,
         **before,
         **after,
+        **adapters,
         "model_dir": "model",
     }
 
@@ -359,7 +367,9 @@ def _trainer(
     tokenizer: Any,
     pairs: list[dict[str, Any]],
 ) -> Any:
-    """A TRL ``DPOTrainer`` with CPU-safe settings that logs into ``run`` and checkpoints in it."""
+    """A TRL ``DPOTrainer`` with CPU-safe settings that logs into ``run`` and checkpoints in it.
+    With LoRA and no ``reference`` named, TRL's reference is the policy with its adapter disabled
+    (the weights of ``reference``, a copy of ``model``; the trainer holds no second model)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -384,9 +394,10 @@ def _trainer(
     ]
     return DPOTrainer(
         model=model,
-        ref_model=reference,
+        ref_model=None if cfg.lora and not cfg.reference else reference,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[run_callback(run, {**LOSS_AND_LR, **TRL_METRICS})],
+        peft_config=lora.lora_config(cfg),
     )

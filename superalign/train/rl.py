@@ -33,6 +33,12 @@ per-prompt proxy and gold rewards behind each row go to ``accounting.jsonl``. Se
 TRL's checkpoints (weights, optimizer, scheduler, RNG) go under ``checkpoint/`` with a
 ``step.json`` marker, so a killed run resumes; ``model/`` at the end makes the run folder a
 ``load_model`` spec.
+
+With ``lora=true`` only LoRA adapters train (:mod:`superalign.train.lora`; ``adapter/`` holds
+them, ``model/`` the merged model). TRL's KL reference is then the policy with its adapter
+disabled (the base, as loaded), unless ``reference`` names another model, which
+:func:`attach_reference` attaches as without LoRA; gold accounting scores the loaded reference
+copy either way.
 """
 
 from __future__ import annotations
@@ -50,9 +56,10 @@ from superalign.config import set_threads
 from superalign.evaluate import gold_eval
 from superalign.models.load import load_model
 from superalign.overseers import build_overseer
-from superalign.runs import Run, atomic_dir
+from superalign.runs import Run
 from superalign.tasks import get_task
 from superalign.tasks.base import Example, Task, split_examples
+from superalign.train import lora
 from superalign.train.kl import policy_kl
 from superalign.train.trl_common import run_callback, trainer_args
 
@@ -73,7 +80,7 @@ TRL_METRICS: dict[str, str] = {
 
 
 @dataclass
-class RLConfig:
+class RLConfig(lora.LoRAFields):
     """Optimise a policy against an overseer with a KL penalty to a frozen reference."""
 
     model: str = ""
@@ -157,6 +164,7 @@ class RLConfig:
                 f"difficulties must name distinct levels, at least one (e.g. [1]), not "
                 f"{self.difficulties}"
             )
+        lora.check(self)
 
 
 def overseer_reward(overseer: Any) -> Callable[..., list[float]]:
@@ -267,15 +275,16 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
     resume_step = run.resume_step()
     done = {r["step"] for r in run.metrics() if "reward/gold" in r}  # a resumed run keeps its own
     trainer = _trainer(cfg, run, model, tokenizer, [ex.prompt for ex in train], overseer)
-    attach_reference(trainer, reference, cfg.beta)
+    model = trainer.model  # with lora, the PeftModel around the base
+    # with lora and no reference given, TRL's reference is the base (the adapter disabled)
+    attach_reference(trainer, None if cfg.lora and not cfg.reference else reference, cfg.beta)
     check_sampling(trainer, tokenizer)
     trainer.add_callback(GoldAccounting(account, cfg.eval_every, done))
     trainer.train(resume_from_checkpoint=resume_step is not None)
 
+    adapters = lora.summary(model, cfg)
     if trainer.is_world_process_zero():
-        with atomic_dir(run.path("model")) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        lora.save(model, tokenizer, run)
     return {
         "task": cfg.task,
         "algorithm": cfg.algorithm,
@@ -285,6 +294,7 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
         "steps": trainer.state.global_step,
         "processes": trainer.accelerator.num_processes,
         **summarize(run.metrics()),
+        **adapters,
         "model_dir": "model",
     }
 
@@ -385,17 +395,19 @@ def _trainer(
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,
         callbacks=[run_callback(run, TRL_METRICS)],
+        peft_config=lora.lora_config(cfg),
     )
 
 
-def attach_reference(trainer: Any, reference: Any, beta: float) -> None:
+def attach_reference(trainer: Any, reference: Any | None, beta: float) -> None:
     """Give ``trainer`` our frozen ``reference`` and KL coefficient, as TRL's ``__init__`` does
-    for the reference it would load itself (its ``_name_or_path``) when ``beta != 0``."""
+    for the reference it would load itself (its ``_name_or_path``) when ``beta != 0``. None
+    (LoRA only): the KL coefficient alone; TRL then disables the adapter for the reference."""
     from trl.models import prepare_deepspeed, prepare_fsdp
     from trl.trainer.utils import add_fused_lm_head
 
     trainer.beta = trainer.args.beta = beta
-    if beta == 0:
+    if beta == 0 or reference is None:
         return
     add_fused_lm_head(reference, temperature=trainer.temperature)
     if trainer.is_deepspeed_enabled:

@@ -9,7 +9,8 @@ TRL 1.16 appends the tokenizer's EOS token to every completion that does not alr
 
 Held-out gold accuracy on the test split is measured before and after training with greedy
 decoding, and ``model/`` (model + tokenizer, ``save_pretrained``) makes the run folder itself a
-``load_model`` spec for the next stage.
+``load_model`` spec for the next stage. With ``lora=true`` only LoRA adapters train
+(:mod:`superalign.train.lora`): ``adapter/`` holds them and ``model/`` the merged model.
 
 TRL writes its resumable checkpoints (weights, optimizer, scheduler, RNG) under
 ``checkpoint/`` in the run folder, with a ``step.json`` marker, so a killed run resumes from the
@@ -37,13 +38,14 @@ import torch
 from superalign.config import set_threads
 from superalign.evaluate import gold_eval_by_difficulty
 from superalign.models.load import load_model
-from superalign.runs import Run, atomic_dir
+from superalign.runs import Run
 from superalign.tasks import get_task
+from superalign.train import lora
 from superalign.train.trl_common import LOSS_AND_LR, run_callback, trainer_args
 
 
 @dataclass
-class SFTStageConfig:
+class SFTStageConfig(lora.LoRAFields):
     """Fine-tune a model on a task's demonstrations (prompt -> gold solution)."""
 
     model: str = ""
@@ -99,6 +101,7 @@ class SFTStageConfig:
             raise ConfigError(f"lr must be in (0, 1), not {self.lr}")
         if not self.difficulties:
             raise ConfigError("difficulties must name at least one level, e.g. [1, 2]")
+        lora.check(self)
 
 
 def demonstrations(cfg: SFTStageConfig, task: Any) -> list[dict[str, str]]:
@@ -184,15 +187,15 @@ def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
         before = evaluate(0, "_before")
 
     trainer = _trainer(cfg, run, model, tokenizer, demonstrations(cfg, task))
+    model = trainer.model  # with lora, the PeftModel around the base
     trainer.train(resume_from_checkpoint=resume_step is not None)
     steps = trainer.state.global_step
 
     after = evaluate(steps, "")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(run.path("model")) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    adapters = lora.summary(model, cfg)
+    lora.save(model, tokenizer, run)
     losses = [r["loss/train"] for r in run.metrics() if "loss/train" in r]
     return {
         "task": cfg.task,
@@ -203,6 +206,7 @@ def run(cfg: SFTStageConfig, run: Run) -> dict[str, Any]:
         "loss/train_final": losses[-1] if losses else None,
         **before,
         **after,
+        **adapters,
         "model_dir": "model",
     }
 
@@ -233,4 +237,5 @@ def _trainer(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[run_callback(run, LOSS_AND_LR)],
+        peft_config=lora.lora_config(cfg),
     )
