@@ -266,7 +266,7 @@ def claim_audit(done: dict[str, StageResult], seed: int, c: Claim) -> Claim:
 def claim_gate(done: dict[str, StageResult], seed: int, c: Claim) -> Claim:
     s = done["gate"].summary
     budget = read_json(done["gate"].dir / "config.json")["config"]["kl_budget"]
-    return replace(c, claim=f"{c.claim} ({budget:g} nats)", value=s.get("kl/ref"),
+    return replace(c, claim=f"{c.claim} of {budget:g} nats", value=s.get("kl/ref"),
                    low=s.get("kl/ref_low"), high=s.get("kl/ref_high"), n=int(s.get("kl/ref_n", 0)),
                    null=float(budget), step="gate",
                    measure=f"KL(RL policy || policy), k3 per sequence, mean with a 95% normal "
