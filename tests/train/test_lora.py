@@ -31,7 +31,6 @@ from superalign.train import lora, rl, sft
 from superalign.train.dpo import DPOStageConfig
 from superalign.train.preferences import FILE
 
-torch.set_num_threads(1)
 TARGETS = ("q_proj", "v_proj")
 """The default ``lora_targets``: the only weights a merged model may change."""
 SMALL = ["threads=1", "checkpoint_every=0", "eval_n=4", "max_new_tokens=8"]
