@@ -64,3 +64,33 @@ def arith_policy(tmp_path_factory):
 def test_seed() -> int:
     """``SUPERALIGN_TEST_SEED`` (default 0): the base seed an outcome test offsets its seeds by."""
     return TEST_SEED
+
+
+@pytest.fixture
+def crash_then_resume(monkeypatch):
+    """``run(module, stage, cfg, root, at_step)``: run the TRL stage ``stage`` with its trainer
+    (``module._trainer``) made to raise after optimizer step ``at_step``, check that it died, then
+    run the same config again and return that result, resumed from the last checkpoint. The resume
+    test of every stage that trains through a ``_trainer``."""
+    from transformers import TrainerCallback
+
+    def run(module, stage, cfg, root, at_step):
+        class Crash(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == at_step:
+                    raise RuntimeError("simulated crash")
+
+        make = module._trainer
+
+        def crashing(*a, **kw):
+            t = make(*a, **kw)
+            t.add_callback(Crash())
+            return t
+
+        monkeypatch.setattr(module, "_trainer", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            execute(stage, cfg, root=root)
+        monkeypatch.setattr(module, "_trainer", make)
+        return execute(stage, cfg, root=root)
+
+    return run

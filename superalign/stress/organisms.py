@@ -827,7 +827,7 @@ def run_backdoor(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, Any]:
     current = stages / "implanted"
     save_model(model, tok, current, stages / "implanted_adapter")
     common = {"task": cfg.task, "task_options": cfg.task_options, "seed": cfg.seed}
-    common |= {name: getattr(cfg, name) for name in lora.FIELDS}  # safety training: LoRA too
+    common |= lora.fields(cfg)  # safety training: LoRA too
     if cfg.safety_sft_steps:
         sft = SFTStageConfig(
             model=str(current),
@@ -967,7 +967,7 @@ def run_reward_hacker(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, An
         eval_every=max(cfg.rl_steps // 3, 1),
         eval_n=cfg.eval_n,
         threads=cfg.threads,
-        **{name: getattr(cfg, name) for name in lora.FIELDS},
+        **lora.fields(cfg),
     )
     res = execute("rl", rl, root=run.path(f"{SEALED_DIR}/stages"))
     for r in _accounting(res.dir):

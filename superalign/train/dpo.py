@@ -394,7 +394,7 @@ def _trainer(
     ]
     return DPOTrainer(
         model=model,
-        ref_model=None if cfg.lora and not cfg.reference else reference,
+        ref_model=lora.trl_reference(cfg, reference),
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

@@ -67,6 +67,18 @@ def check(cfg: LoRAFields) -> None:
         )
 
 
+def fields(cfg: LoRAFields) -> dict[str, Any]:
+    """The LoRA fields of ``cfg`` by name, for a nested stage's config (the organism's safety
+    training and reward-hacking RL train with LoRA when the organism does)."""
+    return {name: getattr(cfg, name) for name in FIELDS}
+
+
+def trl_reference(cfg: Any, reference: Any) -> Any:
+    """The reference model to hand TRL: None under LoRA when the config names no ``reference``
+    (TRL then uses the policy with its adapter disabled, i.e. the base), else ``reference``."""
+    return None if cfg.lora and not cfg.reference else reference
+
+
 def lora_config(cfg: LoRAFields) -> Any:
     """The ``peft.LoraConfig`` of ``cfg`` for a causal LM, or None when ``cfg.lora`` is off."""
     if not cfg.lora:

@@ -276,8 +276,7 @@ def run(cfg: RLConfig, run: Run) -> dict[str, Any]:
     done = {r["step"] for r in run.metrics() if "reward/gold" in r}  # a resumed run keeps its own
     trainer = _trainer(cfg, run, model, tokenizer, [ex.prompt for ex in train], overseer)
     model = trainer.model  # with lora, the PeftModel around the base
-    # with lora and no reference given, TRL's reference is the base (the adapter disabled)
-    attach_reference(trainer, None if cfg.lora and not cfg.reference else reference, cfg.beta)
+    attach_reference(trainer, lora.trl_reference(cfg, reference), cfg.beta)
     check_sampling(trainer, tokenizer)
     trainer.add_callback(GoldAccounting(account, cfg.eval_every, done))
     trainer.train(resume_from_checkpoint=resume_step is not None)

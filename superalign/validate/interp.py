@@ -257,9 +257,8 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
         name = _name(kind)
         data = _contrast(cfg, kind)
         features = _features(cfg, model, tokenizer, data.texts, layers)  # layer -> [n, d]
-        r = probe_layers(
-            features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share, _rule(cfg, kind)
-        )
+        rule = _rule(cfg, kind)
+        r = probe_layers(features, data, cfg.folds, cfg.probe_c, cfg.seed, cfg.test_share, rule)
         for layer in layers:
             run.log(
                 layer,
@@ -283,7 +282,7 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
             "n_conflicting": r.n_conflicting,
             "auroc_by_layer": {str(k): v for k, v in r.val_auroc.items()},
             "auroc_std_by_layer": {str(k): v for k, v in r.val_auroc_std.items()},
-            "layer_rule": _rule(cfg, kind),
+            "layer_rule": rule,
             "mass_mean": {
                 "auroc": r.mass_mean_auroc,
                 "auroc_low": r.mass_mean_auroc_low,

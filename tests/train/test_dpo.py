@@ -179,29 +179,13 @@ class _FakeRun:
         pass
 
 
-def test_interrupted_run_resumes_from_trl_checkpoint(arith_policy, prefs, tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 4:
-                raise RuntimeError("simulated crash")
-
-    make = dpo._trainer
-
-    def crashing(*a, **kw):
-        t = make(*a, **kw)
-        t.add_callback(Crash())
-        return t
-
+def test_interrupted_run_resumes_from_trl_checkpoint(
+    arith_policy, prefs, tmp_path, crash_then_resume
+):
     args = [f"model={arith_policy}", f"preferences={prefs}", *DPO, "max_steps=6"]
     args += ["checkpoint_every=3", "eval_n=4", "kl_n=4", "log_every=1", "batch_size=4"]
     cfg = load_config(dpo.DPOStageConfig, None, args)
-    monkeypatch.setattr(dpo, "_trainer", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute("dpo", cfg, root=tmp_path)
-    monkeypatch.setattr(dpo, "_trainer", make)
-    res = execute("dpo", cfg, root=tmp_path)
+    res = crash_then_resume(dpo, "dpo", cfg, tmp_path, at_step=4)
     assert res.summary["resumed_from_step"] == 3 and res.summary["steps"] == 6
     steps = [r["step"] for r in read_metrics(res.dir) if "loss/train" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 6

@@ -16,7 +16,7 @@ import torch
 import trl
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from superalign.config import ConfigError, load_config
 from superalign.models.load import load_model
@@ -152,27 +152,11 @@ def test_sft_without_lora_writes_no_adapter_and_no_lora_summary(base, runs):
     assert (res.dir / "model" / "config.json").is_file()
 
 
-def test_sft_with_lora_resumes_from_an_adapter_checkpoint(base, runs, monkeypatch):
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise RuntimeError("simulated crash")
-
-    make = sft._trainer
-
-    def crashing(*a, **kw):
-        t = make(*a, **kw)
-        t.add_callback(Crash())
-        return t
-
+def test_sft_with_lora_resumes_from_an_adapter_checkpoint(base, runs, crash_then_resume):
     args = [f"model={base}", "lora=true", "difficulties=[1]", "n_train=32", "max_steps=4"]
     args += ["batch_size=8", "lr=1e-2", "log_every=1", "eval_difficulties=[1]", *SMALL]
     cfg = load_config(sft.SFTStageConfig, None, [*args, "checkpoint_every=2"])
-    monkeypatch.setattr(sft, "_trainer", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute("sft", cfg, root=runs)
-    monkeypatch.setattr(sft, "_trainer", make)
-    res = execute("sft", cfg, root=runs)
+    res = crash_then_resume(sft, "sft", cfg, runs, at_step=3)
     assert res.summary["resumed_from_step"] == 2 and res.summary["steps"] == 4
     _check_folders(res, base)
 

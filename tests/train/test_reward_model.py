@@ -160,30 +160,12 @@ def test_n_train_subsets_are_nested(pairs):
     assert len(every) == len(read_preferences(prefs, "train"))
 
 
-def test_interrupted_run_resumes_from_trl_checkpoint(arith_policy, pairs, monkeypatch):
+def test_interrupted_run_resumes_from_trl_checkpoint(arith_policy, pairs, crash_then_resume):
     prefs, root = pairs
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 7:
-                raise RuntimeError("simulated crash")
-
-    make = rm._trainer
-
-    def crashing(*a, **kw):
-        t = make(*a, **kw)
-        t.add_callback(Crash())
-        return t
-
     args = [f"preferences={prefs}", f"model={arith_policy}", "n_train=80", "max_steps=10"]
     args += ["batch_size=8", "checkpoint_every=5", "log_every=1", "threads=1"]
     cfg = load_config(rm.RewardModelConfig, None, args)
-    monkeypatch.setattr(rm, "_trainer", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute("reward_model", cfg, root=root)
-    monkeypatch.setattr(rm, "_trainer", make)
-    res = execute("reward_model", cfg, root=root)
+    res = crash_then_resume(rm, "reward_model", cfg, root, at_step=7)
     assert res.summary["resumed_from_step"] == 5 and res.summary["steps"] == 10
     steps = [r["step"] for r in read_metrics(res.dir) if "loss/train" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 10

@@ -222,30 +222,12 @@ def test_rloo_and_a_separate_reference(arith_policy, tmp_path, test_seed):
     assert res.summary["algorithm"] == "rloo" and res.summary["reference"]["source"] == "folder"
 
 
-def test_interrupted_run_resumes_from_trl_checkpoint(arith_policy, tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise RuntimeError("simulated crash")
-
-    make = rl._trainer
-
-    def crashing(*a, **kw):
-        t = make(*a, **kw)
-        t.add_callback(Crash())
-        return t
-
+def test_interrupted_run_resumes_from_trl_checkpoint(arith_policy, tmp_path, crash_then_resume):
     args = [f"model={arith_policy}", "max_steps=4", "checkpoint_every=2", "eval_every=2"]
     args += ["prompts_per_step=2", "num_generations=4", "lr=1e-4", "eval_n=8"]
     args += ["max_new_tokens=24", "threads=1", "n_train=32"]
     cfg = load_config(rl.RLConfig, None, args)
-    monkeypatch.setattr(rl, "_trainer", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute("rl", cfg, root=tmp_path)
-    monkeypatch.setattr(rl, "_trainer", make)
-    res = execute("rl", cfg, root=tmp_path)
+    res = crash_then_resume(rl, "rl", cfg, tmp_path, at_step=3)
     assert res.summary["resumed_from_step"] == 2 and res.summary["steps"] == 4
     assert [r["step"] for r in _accounting(res.dir)] == [0, 2, 4]  # nothing evaluated twice
     steps = [r["step"] for r in read_metrics(res.dir) if "train/loss" in r]

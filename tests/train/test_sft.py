@@ -144,30 +144,12 @@ def test_rerun_reuses_and_upstream_fingerprint_is_in_the_key(tuned):
     assert stage_inputs("sft", sft.SFTStageConfig(model="gemma3-270m")) == {}
 
 
-def test_interrupted_run_resumes_from_trl_checkpoint(tuned, monkeypatch):
+def test_interrupted_run_resumes_from_trl_checkpoint(tuned, crash_then_resume):
     _, pre, _, root = tuned
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 7:
-                raise RuntimeError("simulated crash")
-
-    make = sft._trainer
-
-    def crashing(*a, **kw):
-        t = make(*a, **kw)
-        t.add_callback(Crash())
-        return t
-
     args = [f"model={pre.dir}", *SFT, "max_steps=10", "checkpoint_every=5", "eval_n=4"]
     args += ["eval_difficulties=[1]", "log_every=1", "n_train=64", "batch_size=8"]
     cfg = load_config(sft.SFTStageConfig, None, args)
-    monkeypatch.setattr(sft, "_trainer", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        execute("sft", cfg, root=root)
-    monkeypatch.setattr(sft, "_trainer", make)
-    res = execute("sft", cfg, root=root)
+    res = crash_then_resume(sft, "sft", cfg, root, at_step=7)
     assert res.summary["resumed_from_step"] == 5 and res.summary["steps"] == 10
     steps = [r["step"] for r in read_metrics(res.dir) if "loss/train" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 10  # no duplicated log lines
