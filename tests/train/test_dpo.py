@@ -21,7 +21,7 @@ import superalign.train.dpo as dpo
 from superalign.config import ConfigError, load_config
 from superalign.models.load import load_model
 from superalign.overseers.judge import wrong_answer
-from superalign.runs import read_metrics
+from superalign.runs import Run, read_metrics
 from superalign.stages import execute
 from superalign.tasks import get_task
 from superalign.train.preferences import FILE
@@ -134,13 +134,13 @@ def test_parameters_changed_and_the_result_loads(trained, arith_policy):
 
 
 def test_our_tokenization_matches_trl_and_labels_are_kept_apart_from_gold(
-    trained, arith_policy, prefs
+    trained, arith_policy, prefs, tmp_path
 ):
     res, cfg, _ = trained
     policy, tokenizer, _ = load_model(res.dir)
     reference, _, _ = load_model(arith_policy)
     pairs = dpo.read_preferences(prefs, "train")[:20]
-    trainer = dpo._trainer(cfg, _FakeRun(res.dir / "scratch"), policy, reference, tokenizer, pairs)
+    trainer = dpo._trainer(cfg, Run(tmp_path, "dpo", {}), policy, reference, tokenizer, pairs)
     for row, tok in zip(pairs, trainer.train_dataset):
         prompt, chosen = dpo.completion_ids(tokenizer, row["prompt"], row["chosen"])
         assert (prompt, chosen) == (tok["prompt_ids"], tok["chosen_ids"])
@@ -164,19 +164,6 @@ def test_our_tokenization_matches_trl_and_labels_are_kept_apart_from_gold(
     assert flipped["pref_accuracy"] == pytest.approx(1 - straight["pref_accuracy"])
     assert flipped["pref_gold_accuracy"] == pytest.approx(straight["pref_gold_accuracy"])
     assert dpo.label_gold_agreement(swapped) == 0.0
-
-
-class _FakeRun:
-    """Enough of a Run for building a trainer outside a stage."""
-
-    def __init__(self, path):
-        self.dir = path
-
-    def path(self, name):
-        return self.dir / name
-
-    def log(self, step, metrics):
-        pass
 
 
 def test_interrupted_run_resumes_from_trl_checkpoint(
