@@ -103,6 +103,11 @@ class RLConfig(lora.LoRAFields):
     algorithm: Literal["grpo", "rloo"] = "grpo"
     """TRL trainer: ``grpo`` (group-normalised advantages, k3 KL in the loss) or ``rloo``
     (leave-one-out baseline, k1 KL in the reward)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """``grpo`` only: divide each group's centred rewards by the group's standard deviation
+    (``group``, TRL's default), by the whole batch's (``batch``), or not at all (``none``, Dr.
+    GRPO, Liu et al. 2025). Per-group scaling blows a reward model's tiny differences between
+    near-identical completions up to full-size advantages."""
     beta: float = 0.05
     """KL coefficient (0: no penalty; ``kl/ref`` is still measured)."""
     n_train: int = 2000
@@ -145,6 +150,15 @@ class RLConfig(lora.LoRAFields):
             )
         if self.algorithm not in ("grpo", "rloo"):
             raise ConfigError(f"algorithm must be 'grpo' or 'rloo', not {self.algorithm!r}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(
+                f"scale_rewards must be 'group', 'batch' or 'none', not {self.scale_rewards!r}"
+            )
+        if self.algorithm == "rloo" and self.scale_rewards != "group":
+            raise ConfigError(
+                "scale_rewards applies to algorithm=grpo only (rloo does not scale its "
+                "leave-one-out advantages); leave it at 'group' or set algorithm=grpo"
+            )
         check_at_least(self, 1, "n_train", "max_steps", "prompts_per_step", "eval_every", "eval_n")
         check_at_least(self, 1, "log_every", "max_new_tokens")
         check_at_least(self, 0, "checkpoint_every", "warmup_steps", "threads")
@@ -369,7 +383,9 @@ def _trainer(
         "grpo": (GRPOConfig, GRPOTrainer),
         "rloo": (RLOOConfig, RLOOTrainer),
     }[cfg.algorithm]
+    own = {"scale_rewards": cfg.scale_rewards} if cfg.algorithm == "grpo" else {}
     args = config_cls(
+        **own,
         **trainer_args(
             run, seed=cfg.seed, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every
         ),

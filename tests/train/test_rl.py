@@ -197,6 +197,20 @@ def test_trl_samples_from_the_policy_and_trains_on_its_log_probs(arith_policy, t
         rl.check_sampling(trainer, tok)
 
 
+def test_scale_rewards_reaches_the_grpo_trainer(arith_policy, tmp_path):
+    model, tok, _ = load_model(arith_policy)
+    task = get_task("arithmetic")
+    exs = task.examples("train", 4, 1, seed=1)
+    for scale in ("none", "batch"):
+        cfg = rl.RLConfig(model=str(arith_policy), prompts_per_step=2, num_generations=2,
+                          scale_rewards=scale)  # fmt: skip
+        trainer = rl._trainer(
+            cfg, Run(tmp_path / scale, "rl", {}), model, tok, [e.prompt for e in exs],
+            build_overseer("gold", task, exs),
+        )  # fmt: skip
+        assert trainer.scale_rewards == scale
+
+
 @pytest.mark.outcome
 def test_rloo_and_a_separate_reference(arith_policy, tmp_path, test_seed):
     """RLOO runs through the same stage, and a reference other than the policy (here the policy
@@ -261,6 +275,10 @@ def test_config_checks(tmp_path):
         rl.RLConfig(model="x", difficulties=[])
     with pytest.raises(ConfigError, match="distinct"):
         rl.RLConfig(model="x", difficulties=[1, 1])
+    with pytest.raises(ConfigError, match="scale_rewards must be"):
+        rl.RLConfig(model="x", scale_rewards="std")
+    with pytest.raises(ConfigError, match="grpo only"):
+        rl.RLConfig(model="x", algorithm="rloo", scale_rewards="none")
     with pytest.raises(ValueError, match="overseer 'oracle'"):
         execute("rl", rl.RLConfig(model="x", overseer="oracle"), root=tmp_path)
 
