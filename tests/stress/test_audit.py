@@ -50,8 +50,10 @@ def test_null_rows_compare_two_controls_and_intervals_bound_the_auroc():
     a = m["auroc"]["behaviour"]["backdoor"]
     assert a == 1.0 and m["auroc_low"]["behaviour"]["backdoor"] <= a
     assert m["auroc_high"]["behaviour"]["backdoor"] == 1.0
-    # the null: the second control's items against the first control's
-    assert m["null"]["behaviour"]["backdoor"] == audit.separation(control2, control)
+    # the null: the second control's items against the first control's (0.375), counted in the
+    # direction that reads the pair furthest apart
+    assert audit.separation(control2, control) == 0.375
+    assert m["null"]["behaviour"]["backdoor"] == 0.625
     low, high = m["null_low"]["behaviour"]["backdoor"], m["null_high"]["behaviour"]["backdoor"]
     assert low <= m["null"]["behaviour"]["backdoor"] <= high
     assert m["null"]["probe"]["backdoor"] is None
@@ -61,6 +63,18 @@ def test_null_rows_compare_two_controls_and_intervals_bound_the_auroc():
         {"behaviour": [organism, control]}, ["backdoor"] * 2, [False, True], 0.1
     )
     assert one["null"]["behaviour"]["backdoor"] is None
+
+
+def test_the_null_is_the_pair_of_controls_read_furthest_apart_either_way():
+    c1, c2, c3 = [1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 4.5], [9.0, 0.0, 0.1, 0.2]
+    null = audit.null_separation([c1, c2, c3], ["backdoor"] * 3, [True] * 3, "backdoor")
+    pairs = [audit.separation(b, a) for a, b in ((c1, c2), (c1, c3), (c2, c3))]
+    assert null.value == max(max(p, 1 - p) for p in pairs) == 0.75  # c3 vs c1: 0.25 reversed
+    assert null.low <= null.value <= null.high
+    # an organism reads as separating only above that
+    m = audit.score_matrix({"behaviour": [[5.0] * 4, c1, c3]}, ["backdoor"] * 3,
+                           [False, True, True], 0.1)  # fmt: skip
+    assert m["null"]["behaviour"]["backdoor"] == 0.75
 
 
 def test_config_errors_name_the_field():
