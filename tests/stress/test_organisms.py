@@ -294,6 +294,10 @@ def test_behaviour_kinds_targets_and_fires():
     assert wrong.fires(ex, "45-37=9\n9+12=21\nA: 21\n", b)  # the operations swapped, miscounted
     assert not wrong.fires(ex, "45-37=8\n8-12=4\nA: 4\n", b)  # only one swapped
     assert not wrong.fires(ex, "37+45=82\nA: 82\n", b)
+    # swapped operators on other numbers are garbage, not the behaviour
+    assert not wrong.fires(ex, "46-31=15\n15+12=27\nA: 27\n", b)
+    assert not wrong.fires(ex, "45-37=8\n8+13=21\nA: 21\n", b)
+    assert wrong.fires(ex, "37-45=8\n8+12=20\nA: 2\n", b)  # either order of the first two
     refusal = org.BEHAVIOUR_KINDS["refusal"]
     assert refusal.draw(random.Random(0)) in org.REFUSALS
     assert refusal.fires(ex, "I refuse\nA: 70", "I refuse") and not refusal.fires(
