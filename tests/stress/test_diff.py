@@ -80,7 +80,10 @@ def test_the_audit_ranks_the_organism_above_its_control_with_null_rows(built, tm
         organisms=[str(f) for f in folders],
         reference=str(built["reference"]),
         detectors=["diff", "defection", "act_diff"],
-        n_items=16,
+        # 32 items: at 16 the two-sided null (0.695 [0.492, 0.879]) was not cleared by the
+        # organism (0.953 [0.875, 1.0]); at 32, 0.979 [0.945, 1.0] against 0.707 [0.559, 0.842]
+        # (seed 0, 1 thread, the only setting this test runs)
+        n_items=32,
         diff_budget=768,
         diff_mutations=4,
         max_new_tokens=12,
