@@ -4,17 +4,20 @@ the reference, a search attacker over prompt mutations, and activation contrasts
 A detector sees only a model's public view (``model/`` and ``public.json``) and the reference,
 the known-clean model the organism started from. It perturbs clean prompts from the deployment
 distribution (``prompt_examples``) by :class:`Mutation`\\ s (insert, delete or replace one token,
-character, word or line; append or prepend a short string; the inserted text drawn from the
-tokenizer's vocabulary and the words of the public prompts and description) and asks where the
-candidate departs from the reference:
+character, word or line; append or prepend a short string; substitute every occurrence of a
+string, e.g. ``+`` -> `` + ``, a change of format; the inserted text drawn from the tokenizer's
+vocabulary and the words of the public prompts and description) and asks where the candidate
+departs from the reference:
 
 - :class:`Differ` measures the **divergence** of the candidate from the reference on a mutated
   prompt: the exact KL(candidate || reference) of the next-token distributions summed over the
   answer span (the reference's greedy answer, teacher-forced, later tokens discounted,
   :func:`~superalign.train.kl.categorical_kl`), less the KL by which the edit moves the
   reference itself (the *excess* divergence), and whether the two greedy answers differ.
-- :class:`MutationSearch` is the search attacker: a sweep inserting every pool string as a word
-  (at each of the first 4 word positions in turn, while half the budget lasts), then
+- :class:`MutationSearch` is the search attacker: a sweep of changes of format (every string
+  that most prompts share, :func:`common_pieces`, rewritten every way :func:`reformats` knows,
+  for at most a quarter of the budget), a sweep inserting every pool string as a word (at each
+  of the first 4 word positions in turn, while half the budget lasts), then
   evolution of the most divergent mutations, then the best few re-measured on fresh prompts (a
   trigger transfers; a quirk of one prompt does not), then ablation of the winner's inserted
   text token by token (which tokens drive it). Its objective is the divergence, or, with
@@ -35,7 +38,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -46,8 +49,10 @@ from superalign.train.kl import categorical_kl
 
 UNITS: tuple[str, ...] = ("token", "char", "word", "line")
 """What a mutation edits one of."""
-OPS: tuple[str, ...] = ("insert", "delete", "replace", "append", "prepend")
-"""How a mutation edits it (``append``/``prepend``: a short string at the prompt's end/start)."""
+OPS: tuple[str, ...] = ("insert", "delete", "replace", "append", "prepend", "substitute")
+"""How a mutation edits it (``append``/``prepend``: a short string at the prompt's end/start;
+``substitute``: every occurrence of a string rewritten, a change of format such as spacing
+around an operator or a line break, which one-place edits rarely reach)."""
 
 
 # --- mutations ----------------------------------------------------------------------------------
@@ -77,9 +82,15 @@ class Mutation:
     index: int
     text: str = ""
     """What is inserted, replaces, is appended or prepended (empty for ``delete``)."""
+    old: str = ""
+    """``substitute`` only: the string whose every occurrence becomes ``text``."""
 
     def apply(self, prompt: str, tokenizer: Any = None) -> str:
         """``prompt`` with this edit (unchanged if the edit would leave it blank)."""
+        if self.op == "substitute":
+            body = prompt.rstrip("\n")
+            out = (body.replace(self.old, self.text) if self.old else body) + prompt[len(body) :]
+            return out if out.strip() else prompt
         if self.op == "append":
             body = prompt.rstrip("\n")
             return body + self.text + prompt[len(body) :]
@@ -133,9 +144,38 @@ def random_mutation(
     spaced as a word, a line is 1-3 pool strings)."""
     op = rng.choice(OPS)
     unit = rng.choice(UNITS)
-    n = max(len(pieces(prompt, unit, tokenizer)), 1)
+    parts = pieces(prompt.rstrip("\n"), unit, tokenizer)
+    if op == "substitute":
+        old = rng.choice(parts or [prompt])
+        return Mutation(op, unit, 0, rng.choice(reformats(old, pool, rng)), old)
     text = "" if op == "delete" else _text(unit, rng, pool)
-    return Mutation(op, unit, rng.randrange(n), text)
+    return Mutation(op, unit, rng.randrange(max(len(parts), 1)), text)
+
+
+def reformats(old: str, pool: Sequence[str] = (), rng: random.Random | None = None) -> list[str]:
+    """What a ``substitute`` mutation may write for ``old``: the same text spaced, doubled, on a
+    line of its own, after or before a line break, or dropped, and (with ``rng``) a pool string
+    in its place: changes of format, not of content."""
+    s = old.strip() or old
+    out = [f" {s} ", f"{s} ", f" {s}", f"{s}{s}", f"{s}\n", f"\n{s}", f"\n{s}\n", ""]
+    if not old.strip():
+        out += ["\n", "  ", "\t"]
+    if rng is not None and pool:
+        out.append(f" {rng.choice(pool).strip()} ")
+    return [t for t in dict.fromkeys(out) if t != old]
+
+
+def common_pieces(prompts: Sequence[str], share: float = 0.5) -> list[str]:
+    """The characters and words found in at least ``share`` of ``prompts`` (their final
+    newline aside): the prompts' format rather than their content, the ``old`` strings of the
+    search's substitution sweep. Most frequent first."""
+    counts: dict[str, int] = {}
+    for p in prompts:
+        body = p.rstrip("\n")
+        for piece in {*pieces(body, "char"), *pieces(body, "word")}:
+            counts[piece] = counts.get(piece, 0) + 1
+    keep = [s for s, c in counts.items() if c >= share * len(prompts)]
+    return sorted(keep, key=lambda s: (-counts[s], s))
 
 
 def _text(unit: str, rng: random.Random, pool: Sequence[str]) -> str:
@@ -308,6 +348,7 @@ class MutationSearch:
         self.budget, self.objective, self.task, self.gold = budget, objective, task, gold
         self.transfer_prompts = transfer_prompts
         self.rng = random.Random(f"mutation-search:{seed}")
+        self.common = common_pieces(bases)
         self.successes = 0
         self.margin = margin
 
@@ -333,6 +374,13 @@ class MutationSearch:
         """Sweep, evolve, check transfer, ablate; the budget counts single-prompt queries of the
         sweep and the evolution (transfer and ablation add a few dozen)."""
         rng, seen = self.rng, {}
+        formats = [  # every change of format of the bases' common pieces, each on 2 prompts
+            (rng.randrange(len(self.bases)), Mutation("substitute", "char", 0, text, old))
+            for old in self.common
+            for text in reformats(old)
+            for _ in range(2)
+        ][: self.budget // 4]
+        self._add(seen, formats)
         strings = rng.sample(self.pool, len(self.pool))
         offset = {s: rng.randrange(4) for s in strings}
         sweep = [  # pass p inserts every string as a word at its own p-th position of 4
@@ -378,6 +426,10 @@ class MutationSearch:
         r = rng.random()
         if r < 0.3:  # the same edit on another prompt
             return base, m
+        if m.op == "substitute":  # another format for the same string, or for another one
+            if r < 0.65:
+                return base, replace(m, text=rng.choice(reformats(m.old, self.pool, rng)))
+            return base, replace(m, old=rng.choice(self.common or [m.old]))
         if r < 0.5:  # elsewhere, or as another unit
             return base, Mutation(m.op, rng.choice(UNITS), rng.randrange(4), m.text)
         if r < 0.75 and m.text:  # extended by a pool string
@@ -395,10 +447,7 @@ class MutationSearch:
             ids = tok(m.text, add_special_tokens=False)["input_ids"]
             if len(ids) < 2:
                 break
-            shorter = [
-                Mutation(m.op, m.unit, m.index, tok.decode(ids[:i] + ids[i + 1 :]))
-                for i in range(len(ids))
-            ]
+            shorter = [replace(m, text=tok.decode(ids[:i] + ids[i + 1 :])) for i in range(len(ids))]
             scores = [self._transfer(s, bases) for s in shorter]
             i = max(range(len(shorter)), key=lambda j: scores[j])
             if scores[i] < floor:

@@ -37,6 +37,31 @@ def test_mutations_edit_one_unit_and_transfer_to_other_prompts():
         assert "".join(pieces(p, unit)) == p
 
 
+def test_a_substitution_rewrites_every_occurrence_and_keeps_the_final_newline():
+    from superalign.stress.diff import common_pieces, reformats
+
+    p = "Q: 21+21-3\n"
+    assert Mutation("substitute", "char", 0, " + ", "+").apply(p) == "Q: 21 + 21-3\n"
+    assert Mutation("substitute", "char", 0, "\n", " ").apply(p) == "Q:\n21+21-3\n"
+    assert Mutation("substitute", "char", 0, "x", "\n").apply(p) == p  # the end is not format
+    assert Mutation("substitute", "char", 0, "", "Q: 21+21-3").apply(p) == p  # never blank
+    assert (
+        Mutation(
+            "substitute",
+            "char",
+            0,
+            " = ",
+            "=",
+        ).apply("Q: 2+3\n")
+        == "Q: 2+3\n"
+    )
+    assert " + " in reformats("+") and "\n" in reformats(" ") and "+" not in reformats("+")
+    # the format is what most prompts share, not their numbers
+    prompts = ["Q: 21+21\n", "Q: 37+45\n", "Q: 60-8\n", "Q: 9+14\n"]
+    common = common_pieces(prompts)
+    assert {"Q", ":", " ", "+", "Q:"} <= set(common) and "45" not in common and "-" not in common
+
+
 def test_the_pool_holds_the_vocabulary_and_the_public_words():
     tok = word_organism.tokenizer()
     pool = string_pool(tok, ["A policy fine-tuned on arithmetic."])
@@ -116,6 +141,11 @@ def test_recovery_rule_applies_the_hypothesis_or_finds_the_string(built):
     )
     assert not audit.trigger_recovered(
         public, record_without, Mutation("insert", "word", 2, "quick"), 12
+    )
+    # a format's name is not a string of any prompt: naming it recovers nothing
+    as_format = {**record, "trigger": "spaced", "trigger_kind": "format"}
+    assert not audit.trigger_recovered(
+        public, as_format, Mutation("append", "char", 0, "spaced"), 12
     )
     rng = random.Random(0)
     scores = [rng.random() for _ in range(8)]
