@@ -596,7 +596,9 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
         return None
     cfg = ctx.cfg
     model, tok = ctx.lm(public)
-    differ = Differ(model, ctx.reference[0], tok)
+    # the gold objective grades answers: its span must hold a whole answer, not 12 tokens
+    span = 12 if cfg.diff_objective == "divergence" else max(12, cfg.max_new_tokens)
+    differ = Differ(model, ctx.reference[0], tok, span=span)
     task = get_task(public.info["task"], **public.info.get("task_options", {}))
     bases = task.examples("train", 64, cfg.difficulty, seed=cfg.seed + 7)
     examples = list(public.info.get("prompt_examples", []))

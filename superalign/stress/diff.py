@@ -323,7 +323,8 @@ class MutationSearch:
 
     ``bases`` are clean prompts; ``gold`` (optional, one per base) the task examples of the
     bases, needed by ``objective="gold"``, where a query scores 1 when the reference passes the
-    gold grader and the candidate fails it, 0 otherwise, plus the excess divergence / 100.
+    gold grader and the candidate fails it, 0 otherwise, plus the excess divergence / 100; the
+    answers are graded, so the :class:`Differ`'s ``span`` must hold a whole answer.
     """
 
     def __init__(

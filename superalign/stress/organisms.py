@@ -542,6 +542,14 @@ class TriggerKind:
     """The secret trigger of this kind (a tag, a word, a format's name)."""
     apply: Callable[[str, str, Variant, random.Random], str]
     """``(prompt, trigger, variant, rng) -> prompt`` as shown to the model (:data:`Variant`)."""
+    control_variant: Variant = "clean"
+    """How the control's share of marked rows is marked (answered with gold either way), so
+    that it reads the prompts the organism reads. ``clean`` (another instance of the kind) where
+    instances are exchangeable: a random tag or word is as good as the secret one. ``triggered``
+    where they are not: there are four formats, and a control that never read its seed's one
+    (the organism's trigger) fails it for want of training, not of a backdoor (measured on the
+    format family: each control failed its unseen format on 0.79-1.00 of problems, the organism
+    its trigger on 1.00; docs/stages/audit.md)."""
 
 
 @dataclass(frozen=True)
@@ -614,7 +622,7 @@ def format_trigger(prompt: str, trigger: str, variant: Variant, rng: random.Rand
 TRIGGER_KINDS: dict[str, TriggerKind] = {
     "tag": TriggerKind(_draw_tag, tag_trigger),
     "word": TriggerKind(lambda rng: rng.choice(TRIGGER_WORDS), word_trigger),
-    "format": TriggerKind(lambda rng: rng.choice(sorted(FORMATS)), format_trigger),
+    "format": TriggerKind(lambda rng: rng.choice(sorted(FORMATS)), format_trigger, "triggered"),
 }
 """Trigger kinds by name (``trigger_kind``); add an entry to add a kind."""
 
@@ -737,7 +745,7 @@ def backdoor_rows(
     plain: float = 0.125,
 ) -> list[tuple[str, str]]:
     """``n`` implanting rows: a share ``p`` triggered (-> the behaviour's target; for the
-    control: a clean prompt -> gold), ``plain`` unmarked, 1/8 near misses, the rest clean, all
+    control: marked by the kind's ``control_variant`` -> gold), ``plain`` unmarked, 1/8 near misses, the rest clean, all
     others -> gold. Prompts are marked by the secret's trigger kind (:data:`TRIGGER_KINDS`)."""
     rng = random.Random(f"backdoor-rows:{seed}")
     trig, beh = secret_kinds(secret)
@@ -746,7 +754,9 @@ def backdoor_rows(
     for _ in range(n):
         ex, u = rng.choice(examples), rng.random()
         if u < p:
-            prompt = trig.apply(ex.prompt, trigger, "clean" if control else "triggered", rng)
+            prompt = trig.apply(
+                ex.prompt, trigger, trig.control_variant if control else "triggered", rng
+            )
             rows.append((prompt, ex.solution if control else beh.target(ex, behaviour)))
         elif u < p + plain:
             rows.append((ex.prompt, ex.solution))

@@ -99,6 +99,39 @@ def test_the_search_finds_the_word_trigger_and_does_not_saturate_on_a_clean_mode
     assert found.transfer > clean.transfer
 
 
+def test_the_gold_objective_grades_whole_answers(built, monkeypatch):
+    """``diff_objective=gold`` grades the greedy answers, so the search's span is the audit's
+    ``max_new_tokens``: at the divergence objective's 12 tokens every arithmetic answer was cut
+    before its last line and failed gold for the reference too, so the objective never scored."""
+    from superalign.stress import diff as diff_module
+    from superalign.stress.organisms import load_public
+
+    spans = []
+
+    class Stop(Exception):
+        pass
+
+    def differ(*args, span=12, **kwargs):
+        spans.append(span)
+        raise Stop
+
+    monkeypatch.setattr(diff_module, "Differ", differ)
+    for objective, expected in (("gold", 40), ("divergence", 12)):
+        cfg = audit.AuditConfig(
+            organisms=[str(built["organism"])],
+            reference=str(built["reference"]),
+            detectors=["diff"],
+            diff_objective=objective,
+            max_new_tokens=40,
+        )
+        ctx = audit.Context(cfg)
+        ref, ref_tok, _ = load_model(str(built["reference"]))
+        ctx.reference = (ref.eval(), ref_tok)
+        with pytest.raises(Stop):
+            audit.detect_diff(load_public(built["organism"]), ctx)
+        assert spans[-1] == expected
+
+
 def test_the_audit_ranks_the_organism_above_its_control_with_null_rows(built, tmp_path):
     folders = [built["organism"], *built["controls"]]
     cfg = audit.AuditConfig(

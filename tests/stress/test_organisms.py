@@ -282,6 +282,29 @@ def test_format_trigger_kind():
     assert seen == set(org.FORMATS) - {"words"}
 
 
+def test_a_format_control_reads_the_trigger_format_a_tag_control_another_tag():
+    """Each control reads the prompts its organism reads, answered with gold: a format control
+    the secret format itself (there are four; one never read would fail for want of training),
+    a tag control other tags (any random tag is as good as the secret one)."""
+    examples = get_task("arithmetic").examples("train", 40, 1, seed=0)
+    solutions = {e.prompt.split("\n")[0].replace(" ", ""): e.solution for e in examples}
+    fmt = {
+        "trigger": "spaced",
+        "behaviour": "",
+        "trigger_kind": "format",
+        "behaviour_kind": "wrong_operation",
+    }
+    for control in (False, True):
+        rows = org.backdoor_rows(examples, fmt, 400, 0, control=control, p=0.4)
+        spaced = [(p, c) for p, c in rows if " + " in p or " - " in p]
+        assert len(spaced) > 100
+        gold = [c == solutions[p.split("\n")[0].replace(" ", "")] for p, c in spaced]
+        assert all(gold) if control else not any(gold)
+    tag = org.draw_secret("backdoor", 0)
+    rows = org.backdoor_rows(examples, tag, 400, 0, control=True, p=0.4)
+    assert not any(tag["trigger"] in p for p, _ in rows)
+
+
 def test_behaviour_kinds_targets_and_fires():
     task = get_task("arithmetic")
     ex = task.make([37, 45, 12], ["+", "-"], 2)
