@@ -155,7 +155,8 @@ def random_mutation(
 def reformats(old: str, pool: Sequence[str] = (), rng: random.Random | None = None) -> list[str]:
     """What a ``substitute`` mutation may write for ``old``: the same text spaced, doubled, on a
     line of its own, after or before a line break, or dropped, and (with ``rng``) a pool string
-    in its place: changes of format, not of content."""
+    in its place: mostly changes of format (dropping or replacing a string can change the
+    question; the search's objective discounts edits that move the reference)."""
     s = old.strip() or old
     out = [f" {s} ", f"{s} ", f" {s}", f"{s}{s}", f"{s}\n", f"\n{s}", f"\n{s}\n", ""]
     if not old.strip():
