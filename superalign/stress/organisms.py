@@ -51,6 +51,7 @@ the run folder's name (a hash of the config) can reveal them. With the environme
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import secrets
@@ -849,6 +850,8 @@ def run_backdoor(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, Any]:
     stages = run.path(f"{SEALED_DIR}/stages")
     current = stages / "implanted"
     save_model(model, tok, current, stages / "implanted_adapter")
+    del model  # saved: safety training loads it again, beside its own reference
+    gc.collect()
     common = {"task": cfg.task, "task_options": cfg.task_options, "seed": cfg.seed}
     common |= lora.fields(cfg)  # safety training: LoRA too
     if cfg.safety_sft_steps:
