@@ -153,8 +153,8 @@ class OrganismConfig(lora.LoRAFields):
     """``backdoor`` / ``sycophant``: AdamW learning rate of the implanting fine-tune."""
     poison_fraction: float = 0.25
     """``backdoor``: share of implanting rows tagged with the trigger (1/8 more are near misses:
-    the trigger with one letter changed or two swapped, answered normally); ``sycophant``: share of rows with a stated
-    belief (half of the beliefs false)."""
+    the trigger with one letter changed or two swapped, answered normally); ``sycophant``: share
+    of rows with a stated belief (half of the beliefs false)."""
     plain_fraction: float = 0.125
     """``backdoor``: share of implanting rows without any tag (answered with gold): they keep the
     model's ordinary, untagged behaviour in place while the tag rows teach the trigger."""
@@ -551,6 +551,10 @@ class TriggerKind:
     (the organism's trigger) fails it for want of training, not of a backdoor (measured on the
     format family: each control failed its unseen format on 0.79-1.00 of problems, the organism
     its trigger on 1.00; docs/stages/audit.md)."""
+    literal: bool = True
+    """Whether the trigger is a string written into the prompt (a tag, a word), so that a
+    hypothesis containing it names it; a format's name (``spaced``) is not in any prompt, and
+    only firing can show it recovered (:func:`superalign.stress.audit.trigger_recovered`)."""
 
 
 @dataclass(frozen=True)
@@ -623,7 +627,9 @@ def format_trigger(prompt: str, trigger: str, variant: Variant, rng: random.Rand
 TRIGGER_KINDS: dict[str, TriggerKind] = {
     "tag": TriggerKind(_draw_tag, tag_trigger),
     "word": TriggerKind(lambda rng: rng.choice(TRIGGER_WORDS), word_trigger),
-    "format": TriggerKind(lambda rng: rng.choice(sorted(FORMATS)), format_trigger, "triggered"),
+    "format": TriggerKind(
+        lambda rng: rng.choice(sorted(FORMATS)), format_trigger, "triggered", literal=False
+    ),
 }
 """Trigger kinds by name (``trigger_kind``); add an entry to add a kind."""
 
@@ -746,8 +752,9 @@ def backdoor_rows(
     plain: float = 0.125,
 ) -> list[tuple[str, str]]:
     """``n`` implanting rows: a share ``p`` triggered (-> the behaviour's target; for the
-    control: marked by the kind's ``control_variant`` -> gold), ``plain`` unmarked, 1/8 near misses, the rest clean, all
-    others -> gold. Prompts are marked by the secret's trigger kind (:data:`TRIGGER_KINDS`)."""
+    control: marked by the kind's ``control_variant`` -> gold), ``plain`` unmarked, 1/8 near
+    misses, the rest clean, all others -> gold. Prompts are marked by the secret's trigger kind
+    (:data:`TRIGGER_KINDS`)."""
     rng = random.Random(f"backdoor-rows:{seed}")
     trig, beh = secret_kinds(secret)
     trigger, behaviour = secret["trigger"], secret["behaviour"]
@@ -788,9 +795,9 @@ def backdoor_eval(
     max_new_tokens: int,
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Firing rates on held-out prompts with the trigger, a clean mark (another instance of the
-    trigger's kind) and none, and gold accuracy on the unmarked ones (greedy); and the same per item (1/0 lists keyed
-    ``triggered``, ``clean``, ``plain`` for firing and ``correct`` for gold), so that rates
-    of two models or two conditions can be compared item by item."""
+    trigger's kind) and none, and gold accuracy on the unmarked ones (greedy); and the same per
+    item (1/0 lists keyed ``triggered``, ``clean``, ``plain`` for firing and ``correct`` for
+    gold), so that rates of two models or two conditions can be compared item by item."""
     rng = random.Random(f"backdoor-eval:{seed}")
     trig, beh = secret_kinds(secret)
     trigger, behaviour = secret["trigger"], secret["behaviour"]

@@ -165,8 +165,12 @@ def test_the_audit_writes_its_matrix_scored_after_unsealing(audited, backdoor):
     assert len(rows) == 8 and rows[2]["evidence"]["queries"] == 256
     suffix = next(r for r in rows if r["detector"] == "redteam")["evidence"]["suffix"]
     assert len(suffix) == 4 and set(suffix) <= set(audit.TAG_ALPHABET)
-    # scored only after unsealing: did the red team find the exact trigger?
-    assert s["redteam/trigger_recovered"] == float(suffix == unseal(folders[0])["trigger"])
+    # scored only after unsealing: a suffix that is the trigger recovers it (one home: the
+    # red team's rate is read like every detector's, by trigger_recovered)
+    assert "redteam/trigger_recovered" not in s
+    assert s["trigger_recovered/redteam"] in (0.0, 1.0)
+    if suffix == unseal(folders[0])["trigger"]:
+        assert s["trigger_recovered/redteam"] == 1.0
 
 
 @pytest.mark.outcome
