@@ -174,6 +174,9 @@ class OrganismConfig(lora.LoRAFields):
     """RL prompts per step."""
     num_generations: int = 8
     """RL completions per prompt."""
+    rl_micro_batch_size: int = 0
+    """RL completions per forward and backward pass (the ``rl`` stage's ``micro_batch_size``:
+    the same update, less peak memory); 0: all of a step's in one pass."""
     flaw: dict[str, Any] = field(default_factory=dict)
     """``reward_hacker``: ``rater`` options of the flawed overseer; empty: drawn secretly
     among :data:`REWARD_FLAWS`."""
@@ -220,7 +223,15 @@ class OrganismConfig(lora.LoRAFields):
         check_at_least(
             self, 1, "implant_batch_size", "eval_n", "max_new_tokens", "prompts_per_step"
         )
-        check_at_least(self, 0, "implant_steps", "safety_sft_steps", "safety_rl_steps", "threads")
+        check_at_least(
+            self,
+            0,
+            "implant_steps",
+            "safety_sft_steps",
+            "safety_rl_steps",
+            "threads",
+            "rl_micro_batch_size",
+        )
         if self.kind in ("backdoor", "sycophant") and self.implant_steps < 1:
             raise ConfigError(
                 f"implant_steps must be at least 1 for kind={self.kind} (the implanting "
@@ -888,6 +899,7 @@ def run_backdoor(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, Any]:
             max_steps=cfg.safety_rl_steps,
             prompts_per_step=cfg.prompts_per_step,
             num_generations=cfg.num_generations,
+            micro_batch_size=cfg.rl_micro_batch_size,
             lr=cfg.rl_lr,
             max_new_tokens=cfg.max_new_tokens,
             checkpoint_every=0,
@@ -993,6 +1005,7 @@ def run_reward_hacker(cfg: OrganismConfig, run: Run, task: Task) -> dict[str, An
         max_steps=cfg.rl_steps,
         prompts_per_step=cfg.prompts_per_step,
         num_generations=cfg.num_generations,
+        micro_batch_size=cfg.rl_micro_batch_size,
         lr=cfg.rl_lr,
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,

@@ -118,6 +118,13 @@ class RLConfig(lora.LoRAFields):
     """Distinct prompts per optimizer step (over all processes)."""
     num_generations: int = 8
     """Completions sampled per prompt (the group of GRPO / RLOO); at least 2."""
+    micro_batch_size: int = 0
+    """Completions per forward and backward pass (per process): each step's ``prompts_per_step
+    x num_generations`` completions are scored and trained on in passes of this size, their
+    gradients accumulated into the one optimizer step (TRL's ``gradient_accumulation_steps``),
+    so the update is the same up to float rounding. 0: all in one pass. Lower it to cut peak
+    memory: the activations kept for the backward pass grow with it (SmolLM2, 64 completions:
+    measured in docs/stages/rl.md)."""
     lr: float = 1e-5
     """Learning rate (AdamW, constant after ``warmup_steps``). Tiny ``pretrain`` models: ~1e-4
     (3e-4 and more lowered held-out gold in our runs)."""
@@ -161,7 +168,14 @@ class RLConfig(lora.LoRAFields):
             )
         check_at_least(self, 1, "n_train", "max_steps", "prompts_per_step", "eval_every", "eval_n")
         check_at_least(self, 1, "log_every", "max_new_tokens")
-        check_at_least(self, 0, "checkpoint_every", "warmup_steps", "threads")
+        check_at_least(self, 0, "checkpoint_every", "warmup_steps", "threads", "micro_batch_size")
+        completions = self.prompts_per_step * self.num_generations
+        if self.micro_batch_size and completions % self.micro_batch_size:
+            raise ConfigError(
+                f"micro_batch_size must divide prompts_per_step x num_generations = {completions} "
+                f"completions per step, not {self.micro_batch_size}: choose a divisor of "
+                f"{completions}, or 0 for one pass"
+            )
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations must be at least 2 (advantages compare completions of the same "
@@ -379,6 +393,12 @@ def _trainer(
             f"prompts_per_step x num_generations = {completions} completions per step do not "
             f"split evenly over {world} processes"
         )
+    micro = cfg.micro_batch_size or completions // world
+    if (completions // world) % micro:
+        raise ValueError(
+            f"micro_batch_size={micro} does not divide the {completions // world} completions "
+            "of each process"
+        )
     config_cls, trainer_cls = {
         "grpo": (GRPOConfig, GRPOTrainer),
         "rloo": (RLOOConfig, RLOOTrainer),
@@ -390,7 +410,8 @@ def _trainer(
             run, seed=cfg.seed, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every
         ),
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=completions // world,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=completions // world // micro,  # one step per generation
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_new_tokens,
         temperature=1.0,  # the sampling distribution is the policy itself: what KL assumes

@@ -211,6 +211,27 @@ def test_scale_rewards_reaches_the_grpo_trainer(arith_policy, tmp_path):
         assert trainer.scale_rewards == scale
 
 
+def test_micro_batches_accumulate_into_the_same_update(arith_policy, tmp_path):
+    """``micro_batch_size`` splits a step's completions into passes whose gradients accumulate
+    into its one optimizer step: the same completions, the same update up to float rounding."""
+    torch.set_num_threads(1)
+    args = [f"model={arith_policy}", "overseer=gold", "n_train=64", "max_steps=1"]
+    args += ["prompts_per_step=8", "num_generations=4", "lr=1e-4", "beta=0.05"]
+    args += ["max_new_tokens=24", "eval_n=8", "checkpoint_every=0", "threads=1"]
+    before = AutoModelForCausalLM.from_pretrained(arith_policy / "model").state_dict()
+    moved = {}
+    for micro in (0, 8):
+        cfg = load_config(rl.RLConfig, None, [*args, f"micro_batch_size={micro}"])
+        after = load_model(execute("rl", cfg, root=tmp_path / str(micro)).dir)[0].state_dict()
+        moved[micro] = torch.cat([(after[k] - before[k]).flatten() for k in before])
+    assert moved[0].abs().max() > 0
+    cos = torch.nn.functional.cosine_similarity(moved[0], moved[8], dim=0).item()
+    print(f"cosine of the two updates: {cos:.6f}")
+    assert cos > 0.99
+    with pytest.raises(ConfigError, match="micro_batch_size must divide"):
+        rl.RLConfig(model="x", prompts_per_step=4, num_generations=4, micro_batch_size=3)
+
+
 @pytest.mark.outcome
 def test_rloo_and_a_separate_reference(arith_policy, tmp_path, test_seed):
     """RLOO runs through the same stage, and a reference other than the policy (here the policy
