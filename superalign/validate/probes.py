@@ -14,7 +14,8 @@ problem. :func:`contrast_dataset` builds the ones the tiny tasks support (:data:
 2. **hold out a test split of whole groups** (:func:`group_split`, stratified by label), never
    used to fit or to choose;
 3. **choose the layer on the rest** by cross-validated AUROC over grouped folds
-   (:func:`cv_probe` with ``groups``), so a group never straddles a fold;
+   (:func:`cv_probe` with ``groups``), so a group never straddles a fold; given several
+   regularization strengths, choose the strength with it, by the same folds;
 4. **report** the chosen layer's probe, refitted on all non-test texts, scored on the test split:
    AUROC with a bootstrap interval over test groups (:func:`~superalign.metrics.auroc_interval`),
    accuracy, and how many distinct texts and groups went in.
@@ -228,6 +229,8 @@ class LayerProbe(NamedTuple):
     ``probe.predict_proba(x)[:, 1]`` scores new texts' features at ``layer`` without refitting."""
     split: Split | None = None
     """Which rows were kept, held out and used to fit."""
+    c: float = 1.0
+    """Inverse L2 strength of ``probe`` (chosen with the layer when several were given)."""
     mass_mean: np.ndarray | None = None
     """[d] mass-mean probe at ``layer`` (Marks & Tegmark 2023): the mean activation of the
     non-test texts labelled 1 minus that of those labelled 0, in raw units; a text scores
@@ -317,7 +320,7 @@ def probe_layers(
     features: Mapping[Hashable, torch.Tensor | np.ndarray],
     data: Contrast,
     folds: int = 5,
-    c: float = 1.0,
+    c: float | Sequence[float] = 1.0,
     seed: int = 0,
     test_share: float = 0.25,
     rule: str = "best",
@@ -325,16 +328,27 @@ def probe_layers(
     """Deduplicate ``data``, hold out ``test_share`` of its groups, choose the layer of
     ``features`` (layer -> [n_rows, d], one row per text of ``data``) by grouped
     cross-validation on the rest (:func:`choose_layer` with ``rule``) and score that layer's
-    probe on the held-out groups."""
+    probe on the held-out groups. Several inverse L2 strengths ``c``: each (layer, strength)
+    is cross-validated and chosen together, in the order layer, then strength from the
+    strongest regularization (so ``one_se`` prefers the earlier layer, then the simpler fit)."""
     dedup = deduplicate(data.texts, data.labels)
     split = split_contrast(data, test_share, seed)
     keep, rest, test, g = split
     y = np.asarray(data.labels, dtype=np.int64)[keep]
     xs = {layer: np.asarray(x, dtype=np.float64)[keep] for layer, x in features.items()}
-    val = {layer: cv_probe(x[rest], y[rest], folds, c, seed, g[rest]) for layer, x in xs.items()}
-    best = choose_layer(
-        {k: r.auroc for k, r in val.items()}, {k: r.auroc_std for k, r in val.items()}, folds, rule
+    cs = sorted(c) if isinstance(c, Sequence) else [c]
+    cells = {
+        (layer, cc): cv_probe(x[rest], y[rest], folds, cc, seed, g[rest])
+        for layer, x in xs.items()
+        for cc in cs
+    }
+    best, c = choose_layer(
+        {k: r.auroc for k, r in cells.items()},
+        {k: r.auroc_std for k, r in cells.items()},
+        folds,
+        rule,
     )
+    val = {layer: cells[layer, c] for layer in xs}  # each layer at the chosen strength
     model = _fit(xs[best][rest], y[rest], c, seed)
     p = model.predict_proba(xs[best][test])[:, 1]
     ci = auroc_interval(p, y[test], g[test], seed=seed)
@@ -358,6 +372,7 @@ def probe_layers(
         direction=_direction(model),
         probe=model,
         split=split,
+        c=c,
         mass_mean=theta,
         mass_mean_auroc=mm.value,
         mass_mean_auroc_low=mm.low,

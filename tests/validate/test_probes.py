@@ -4,6 +4,7 @@ chosen without the test split; the contrast datasets are balanced, labelled and 
 documented."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -254,6 +255,26 @@ def test_choose_layer_best_and_one_standard_error():
         choose_layer(val, std, 4, rule="earliest")
     with pytest.raises(ConfigError, match="layer_rule must be one of"):
         InterpConfig(model="x", layer_rule="earliest")
+
+
+def test_several_strengths_are_chosen_with_the_layer_by_the_same_folds(test_seed):
+    """Given several inverse L2 strengths, each (layer, strength) is cross-validated and the best
+    cell chosen; the result is the single-strength probe at the chosen strength."""
+    rng = np.random.default_rng(test_seed)
+    n, d = 200, 400
+    y = np.arange(n) % 2
+    w = rng.normal(size=d) / math.sqrt(d)
+    layers = {k: rng.normal(size=(n, d)) + s * np.outer(y, w) for k, s in ((0, 1.0), (1, 2.0))}
+    data = Contrast([f"t{i}" for i in range(n)], y.tolist())
+    both = probe_layers(layers, data, c=(1.0, 0.01), seed=test_seed)
+    alone = {c: probe_layers(layers, data, c=c, seed=test_seed) for c in (0.01, 1.0)}
+    best = max(
+        ((layer, c) for layer in layers for c in (0.01, 1.0)),
+        key=lambda k: alone[k[1]].val_auroc[k[0]],
+    )
+    assert (both.layer, both.c) == best
+    assert both.auroc == alone[both.c].auroc and both.val_auroc == alone[both.c].val_auroc
+    assert alone[1.0].c == 1.0
 
 
 @pytest.mark.outcome
