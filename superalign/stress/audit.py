@@ -1095,7 +1095,6 @@ def recovery(
                 loaded = load_model(str(public.model), device="cpu")[:2]
             ok = trigger_recovered(public, rec, hyp, max_new_tokens, difficulty, seed, loaded)
             hits.setdefault(r["detector"], []).append(ok)
-        del loaded
     return {f"trigger_recovered/{d}": sum(h) / len(h) for d, h in hits.items()}
 
 

@@ -264,8 +264,8 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
         data = _contrast(cfg, kind)
         features = _features(cfg, model, tokenizer, data.texts, layers)  # layer -> [n, d]
         rule = _rule(cfg, kind)
-        c = _probe_c(cfg, kind)
-        r = probe_layers(features, data, cfg.folds, c, cfg.seed, cfg.test_share, rule)
+        strength = _probe_c(cfg, kind)
+        r = probe_layers(features, data, cfg.folds, strength, cfg.seed, cfg.test_share, rule)
         for layer in layers:
             run.log(
                 layer,
@@ -299,8 +299,10 @@ def probe_all(cfg: InterpConfig, run: Run, model: Any, tokenizer: Any, n_layers:
                 "layer": r.layer,
             },
         }
-        keys = ("auroc", "auroc_low", "auroc_high", "accuracy", "layer", "c", "n", "n_texts")
-        keys += ("n_groups",)
+        keys = [
+            "auroc", "auroc_low", "auroc_high", "accuracy", "layer", "c", "n", "n_texts",
+            "n_groups",
+        ]  # fmt: skip
         logged = {f"probe/{name}/{k}": results[name][k] for k in keys}
         logged.update({f"mass_mean/{name}/{k}": results[name]["mass_mean"][k] for k in KEYS})
         c = None

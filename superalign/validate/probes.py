@@ -126,8 +126,9 @@ class ProbeResult(NamedTuple):
     fold_aurocs: list[float]
     accuracy: float
     """Mean held-out accuracy (threshold 0.5 on the probe's probability)."""
-    direction: torch.Tensor
-    """[d_model] unit vector: the all-data probe's weights in raw activation space."""
+    direction: torch.Tensor | None
+    """[d_model] unit vector: the all-data probe's weights in raw activation space (None when
+    not refitted, ``refit=False``)."""
 
 
 def cv_probe(
@@ -137,10 +138,12 @@ def cv_probe(
     c: float = 1.0,
     seed: int = 0,
     groups: Sequence[Hashable] | None = None,
+    refit: bool = True,
 ) -> ProbeResult:
     """Logistic regression on ``x`` [n, d] for labels ``y``, AUROC on held-out folds
-    (stratified; grouped when ``groups`` is given, so no group straddles a fold). The rows are
-    taken as given: deduplicate first (:func:`deduplicate`) or copies inflate the AUROC."""
+    (stratified; grouped when ``groups`` is given, so no group straddles a fold), and with
+    ``refit`` the direction of the probe refitted on all rows. The rows are taken as given:
+    deduplicate first (:func:`deduplicate`) or copies inflate the AUROC."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     x = np.asarray(x, dtype=np.float64)
@@ -171,7 +174,7 @@ def cv_probe(
         float(np.std(aurocs)),
         aurocs,
         float(np.mean(accs)),
-        _direction(_fit(x, y, c, seed)),
+        _direction(_fit(x, y, c, seed)) if refit else None,
     )
 
 
@@ -336,20 +339,20 @@ def probe_layers(
     keep, rest, test, g = split
     y = np.asarray(data.labels, dtype=np.int64)[keep]
     xs = {layer: np.asarray(x, dtype=np.float64)[keep] for layer, x in features.items()}
-    cs = sorted(c) if isinstance(c, Sequence) else [c]
-    cells = {
-        (layer, cc): cv_probe(x[rest], y[rest], folds, cc, seed, g[rest])
+    strengths = sorted(c) if isinstance(c, Sequence) else [c]
+    cells = {  # (layer, strength) -> validation; the chosen cell is refitted below
+        (layer, s): cv_probe(x[rest], y[rest], folds, s, seed, g[rest], refit=False)
         for layer, x in xs.items()
-        for cc in cs
+        for s in strengths
     }
-    best, c = choose_layer(
+    best, strength = choose_layer(
         {k: r.auroc for k, r in cells.items()},
         {k: r.auroc_std for k, r in cells.items()},
         folds,
         rule,
     )
-    val = {layer: cells[layer, c] for layer in xs}  # each layer at the chosen strength
-    model = _fit(xs[best][rest], y[rest], c, seed)
+    val = {layer: cells[layer, strength] for layer in xs}  # each layer at the chosen strength
+    model = _fit(xs[best][rest], y[rest], strength, seed)
     p = model.predict_proba(xs[best][test])[:, 1]
     ci = auroc_interval(p, y[test], g[test], seed=seed)
     theta = mean_difference(torch.as_tensor(xs[best][rest]), y[rest]).numpy()
@@ -372,7 +375,7 @@ def probe_layers(
         direction=_direction(model),
         probe=model,
         split=split,
-        c=c,
+        c=strength,
         mass_mean=theta,
         mass_mean_auroc=mm.value,
         mass_mean_auroc_low=mm.low,
