@@ -151,3 +151,27 @@ def test_malformed_list_and_mapping_overrides_are_config_errors():
         load_config(Cfg, None, ["levels=[1, 2"])
     with pytest.raises(ConfigError, match="override key 'a..b' has an empty part"):
         load_config(Cfg, None, ["a..b=1"])
+
+
+def test_set_threads_bounds_torch_and_every_blas_pool(monkeypatch):
+    """A stage's ``threads`` bounds numpy's, scipy's and scikit-learn's pools too (loaded now,
+    and through the environment those loaded later): unbounded, they spin on every core."""
+    import os
+
+    import sklearn.linear_model  # noqa: F401  (loads its OpenMP runtime)
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from superalign.config import BLAS_THREAD_VARIABLES, set_threads
+
+    for name in BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    with threadpool_limits(None):  # restores the pools afterwards
+        try:
+            assert set_threads(1) == 1
+            assert torch.get_num_threads() == 1
+            assert [p["num_threads"] for p in threadpool_info()] == [1] * len(threadpool_info())
+            assert all(os.environ[name] == "1" for name in BLAS_THREAD_VARIABLES)
+        finally:
+            torch.set_num_threads(before)
