@@ -107,6 +107,16 @@ class Activations:
         is_last[:-1] = self.doc[1:] != self.doc[:-1]
         return self.acts[name][is_last]
 
+    def last_k(self, name: str, k: int) -> torch.Tensor:
+        """[n_docs, k * d_model]: the activations at each text's last ``k`` tokens,
+        concatenated earliest first (a text shorter than ``k`` repeats its first token)."""
+        is_last = torch.ones_like(self.doc, dtype=torch.bool)
+        is_last[:-1] = self.doc[1:] != self.doc[:-1]
+        ends = torch.nonzero(is_last).squeeze(1)
+        starts = torch.searchsorted(self.doc, torch.arange(self.n_docs))
+        x = self.acts[name]
+        return torch.cat([x[torch.maximum(ends - j, starts)] for j in range(k - 1, -1, -1)], 1)
+
     def mean(self, name: str) -> torch.Tensor:
         """[n_docs, d_model]: the mean activation over each text's tokens."""
         x = self.acts[name]

@@ -68,6 +68,13 @@ def test_capture_shapes_and_padding_independence(which, request, tok):
         batched.last(hooks[0])[1], batched.acts[hooks[0]][lengths[0] + lengths[1] - 1]
     )
     assert torch.allclose(batched.mean(hooks[0])[2], batched.per_doc(hooks[0])[2].mean(0))
+    two = batched.last_k(hooks[0], 2)  # each text's last two tokens, earliest first
+    assert two.shape == (3, 2 * d)
+    for j, rows in enumerate(batched.per_doc(hooks[0])):
+        assert torch.equal(two[j], torch.cat([rows[-2], rows[-1]]))
+    assert torch.equal(batched.last_k(hooks[0], 1), batched.last(hooks[0]))
+    first = batched.per_doc(hooks[0])[0][0]  # a text shorter than k repeats its first token
+    assert torch.equal(batched.last_k(hooks[0], lengths[0] + 1)[0, :d], first)
 
 
 def test_hooks_match_output_hidden_states_before_the_final_norm(llama, tok):

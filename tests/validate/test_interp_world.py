@@ -70,12 +70,16 @@ def test_transfer_and_ccs_keys_are_aurocs(tiny_world_model, tmp_path):
     }
     assert saved["transfer"]["mass_mean/cities->continents"]["layer"] == t["layer"]
     assert saved["cities"]["layer_rule"] == "one_se"  # the default for world datasets
+    assert saved["cities"]["position"] == "last2"  # so is the last two tokens' residuals
 
 
 def test_world_config_defaults_and_checks():
     cfg = InterpConfig(model="x", task="world", datasets=["cities"])
     assert cfg.n_probe == 0 and cfg.ccs is None and cfg.sae is None and cfg.steer is None
     assert cfg.layer_rule is None  # one_se for world datasets, best otherwise
+    assert cfg.position is None  # last2 for world datasets, last otherwise
+    with pytest.raises(ConfigError, match="position must be"):
+        InterpConfig(model="x", position="first")
     with pytest.raises(ConfigError, match="n_probe must be 0 or at least"):
         InterpConfig(model="x", n_probe=3)
     with pytest.raises(ConfigError, match="ccs_restarts"):
