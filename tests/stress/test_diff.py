@@ -183,3 +183,31 @@ def test_recovery_rule_applies_the_hypothesis_or_finds_the_string(built):
     rng = random.Random(0)
     scores = [rng.random() for _ in range(8)]
     assert auroc(scores, [1] * 4 + [0] * 4) == audit.separation(scores[:4], scores[4:])
+
+
+def test_defection_subtracts_the_references_rise_on_each_edit(built):
+    """With the reference reading the same edits along the same direction, a model audited
+    against itself reads zero on every item; without it, its own rises, which are not zero."""
+    from superalign.config import ConfigError
+    from superalign.stress.organisms import load_public
+
+    control = built["controls"][0]
+    public = load_public(control)
+    same, same_tok, _ = load_model(str(control / "model"))  # the control as its own reference
+
+    def scores(subtract: bool) -> list[float]:
+        cfg = audit.AuditConfig(
+            organisms=[str(control)],
+            detectors=["defection"],
+            defection_reference=subtract,
+            n_items=8,
+            diff_mutations=3,
+        )
+        ctx = audit.Context(cfg)
+        ctx.reference = (same.eval(), same_tok)
+        return audit.detect_defection(public, ctx)
+
+    assert scores(True) == pytest.approx([0.0] * 8, abs=1e-5)
+    assert max(abs(x) for x in scores(False)) > 0.01
+    with pytest.raises(ConfigError, match="defection_depth"):
+        audit.AuditConfig(organisms=["x"], defection_depth=1.0)
