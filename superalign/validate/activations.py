@@ -103,9 +103,7 @@ class Activations:
 
     def last(self, name: str) -> torch.Tensor:
         """[n_docs, d_model]: the activation at each text's last token."""
-        is_last = torch.ones_like(self.doc, dtype=torch.bool)
-        is_last[:-1] = self.doc[1:] != self.doc[:-1]
-        return self.acts[name][is_last]
+        return self.last_k(name, 1)
 
     def last_k(self, name: str, k: int) -> torch.Tensor:
         """[n_docs, k * d_model]: the activations at each text's last ``k`` tokens,
