@@ -178,11 +178,11 @@ def cv_probe(
     )
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
-    """Standardize, then L2 logistic regression, on one BLAS thread: these fits are small (a
-    few thousand rows), and more threads made them slower, not faster (SmolLM2's cities probe,
-    1,152 features, 30 blocks x 3 strengths x 5 folds: interp took 448 s at 2 threads with the
-    pools at 2, 112 s with them at 1, the same figures)."""
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, threads: int = 1):
+    """Standardize, then L2 logistic regression, on ``threads`` BLAS threads (1): these fits are
+    small (a few thousand rows), and more threads made them slower, not faster (SmolLM2's cities
+    probe, 1,152 features, 30 blocks x 3 strengths x 5 folds: interp took 448 s at 2 threads
+    with the pools at 2, 112 s with them at 1, the same figures; ``bench/probe_fit.py``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -191,7 +191,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
     model = Pipeline(
         [("scale", StandardScaler()), ("logreg", LogisticRegression(C=c, max_iter=2000))]
     )
-    with threadpool_limits(1):
+    with threadpool_limits(threads):
         return model.fit(x, y)
 
 

@@ -70,6 +70,13 @@ def test_the_pool_holds_the_vocabulary_and_the_public_words():
     assert all(s.strip() and s.isprintable() for s in pool)
 
 
+def test_a_vocabulary_too_large_for_the_pool_gives_way_to_the_public_words():
+    tok = word_organism.tokenizer()
+    pool = string_pool(tok, ["alpha beta"], limit=10)
+    assert len(pool) == 10 and {"alpha", "beta"} <= set(pool)
+    assert string_pool(tok, ["alpha"]) == [*string_pool(tok, []), "alpha"]  # when all fit
+
+
 # --- on hand-built organisms ----------------------------------------------------------------------
 
 
