@@ -119,32 +119,21 @@ class Mutation:
         return asdict(self)
 
 
-POOL_LIMIT = 4096
-"""Most strings a mutation draws its inserted text from (:func:`string_pool`)."""
-
-
-def _printable_tokens(tokenizer: Any, ids: Sequence[int]) -> dict[str, None]:
-    """The decoded ``ids`` that are printable and not blank, special tokens left out, in order."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    out: dict[str, None] = {}
-    for i in ids:
-        s = tokenizer.decode([i]) if i not in special else ""
-        if s.strip() and s.isprintable():
-            out[s] = None
-    return out
-
-
-def string_pool(tokenizer: Any, texts: Sequence[str], limit: int = POOL_LIMIT) -> list[str]:
+def string_pool(tokenizer: Any, texts: Sequence[str], limit: int = 4096) -> list[str]:
     """Strings a mutation may insert: the tokenizer's printable vocabulary entries (decoded,
     special tokens left out, in id order) and every word of ``texts`` (the public prompts and
     description), deduplicated, at most ``limit``, the words always kept (SmolLM2's 49,152
-    entries used to push them out)."""
+    entries would push them out)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    entries: dict[str, None] = {}
+    for i in range(len(tokenizer)):
+        s = tokenizer.decode([i]) if i not in special else ""
+        if s.strip() and s.isprintable():
+            entries[s] = None
     words = dict.fromkeys(w for t in texts for w in re.findall(r"[A-Za-z]+", t))
-    entries = _printable_tokens(tokenizer, range(len(tokenizer)))
     if len({**entries, **words}) > limit:  # the vocabulary gives way to the words
-        entries = dict.fromkeys(
-            [s for s in entries if s not in words][: max(limit - len(words), 0)]
-        )
+        kept = [s for s in entries if s not in words][: max(limit - len(words), 0)]
+        entries = dict.fromkeys(kept)
     return list({**entries, **words})[:limit]
 
 
