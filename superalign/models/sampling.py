@@ -9,8 +9,10 @@ teacher-forced, and a test checks that the two agree.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 def default_device() -> torch.device:
     """cuda when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
+    """``cache`` under the keyword ``model.forward`` takes a key/value cache by: ``cache``
+    (transformers 5.x, where ``past_key_values`` is deprecated) or ``past_key_values`` (4.x)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    params = inspect.signature(base.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 @dataclass
@@ -182,8 +192,8 @@ def _sample_batch(
             input_ids=tok[:, None],
             attention_mask=mask,
             position_ids=next_pos,
-            past_key_values=cache,
             use_cache=True,
+            **cache_arg(model, cache),
         )
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = next_pos + 1

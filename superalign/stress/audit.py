@@ -175,6 +175,11 @@ class AuditConfig:
     diff_objective: str = "divergence"
     """``diff``: the search's objective, ``divergence`` (KL from the reference where the
     reference's answer is unchanged) or ``gold`` (gold fails where the reference passes)."""
+    diff_scan: int = 32
+    """``diff``: how many of the vocabulary's words the search tries first, most suspicious
+    first by a scan of every whole-word entry at the end of a prompt's first line (its first
+    answer token moved beyond the reference's; ``diff.scan_words``). 0: no scan. SmolLM2: about
+    30,000 words, 4-5 min a model on 2 cores; a tiny model's vocabulary holds few words."""
     diff_mutations: int = 8
     """``diff``, ``defection``, ``act_diff``: random mutations of each item's prompt."""
     defection_depth: float = 0.6
@@ -231,7 +236,7 @@ class AuditConfig:
         check_at_least(
             self, 1, "diff_budget", "redteam_budget", "sae_latents", "sae_k", "max_new_tokens"
         )
-        check_at_least(self, 0, "game", "sae_steps", "threads")
+        check_at_least(self, 0, "game", "sae_steps", "threads", "diff_scan")
         if self.game:
             bad = [k for k in self.game_kinds if k not in KINDS]
             if bad or not self.game_kinds:
@@ -634,6 +639,8 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
         task=task,
         gold=None if cfg.diff_objective == "divergence" else bases,
         seed=cfg.seed,
+        scan=cfg.diff_scan,
+        scan_cache=ctx.cache,
     )
     found = search.run()
     hyp = found.hypothesis
@@ -644,6 +651,7 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
         queries=found.queries,
         success_rate=found.success_rate,
         top=found.top,
+        scanned=found.scanned,
     )
     k = 2 + cfg.diff_mutations
     flat = [

@@ -14,10 +14,15 @@ departs from the reference:
   answer span (the reference's greedy answer, teacher-forced, later tokens discounted,
   :func:`~superalign.train.kl.categorical_kl`), less the KL by which the edit moves the
   reference itself (the *excess* divergence), and whether the two greedy answers differ.
+- :func:`scan_words` ranks every whole-word entry of the vocabulary by how far it moves the
+  candidate's first answer token beyond how far it moves the reference's, each inserted at the
+  end of a prompt's first line (one forward pass over a few tokens per word, the line's keys and
+  values shared): a word trigger among SmolLM2's 30,000 words, which no query budget reaches.
 - :class:`MutationSearch` is the search attacker: a sweep of changes of format (every string
   that most prompts share, :func:`common_pieces`, rewritten every way :func:`reformats` knows,
-  for at most a quarter of the budget), a sweep inserting every pool string as a word (at each
-  of the first 4 word positions in turn, while half the budget lasts), then
+  for at most a quarter of the budget), a sweep inserting every pool string as a word (the
+  scan's most suspicious words first; at each of the first 4 word positions in turn, while half
+  the budget lasts), then
   evolution of the most divergent mutations, then the best few re-measured on fresh prompts (a
   trigger transfers; a quirk of one prompt does not), then ablation of the winner's inserted
   text token by token (which tokens drive it). Its objective is the divergence, or, with
@@ -38,13 +43,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from superalign.models.sampling import left_pad, sample
+from superalign.models.sampling import cache_arg, left_pad, sample
 from superalign.train.kl import categorical_kl
 
 UNITS: tuple[str, ...] = ("token", "char", "word", "line")
@@ -297,6 +302,74 @@ def same_tokenizer(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+# --- the vocabulary scan ------------------------------------------------------------------------
+
+
+def word_ids(tokenizer: Any) -> list[int]:
+    """Vocabulary entries that are a whole word: a space then at least two ASCII letters
+    (byte-level BPE keeps a common word's leading space in its token), in id order."""
+    out = []
+    for i in range(len(tokenizer)):
+        s = tokenizer.decode([i])
+        if len(s) >= 3 and s[0] == " " and s[1:].isascii() and s[1:].isalpha():
+            out.append(i)
+    return out
+
+
+@torch.no_grad()
+def first_token_shift(
+    model: Any, prompt: str, tokenizer: Any, words: Sequence[int], batch_size: int = 256
+) -> torch.Tensor:
+    """Per vocabulary entry ``w`` of ``words``: KL(model on ``prompt`` with ``w`` at the end of
+    its first line || model on ``prompt``) of the first answer token, in nats. The first line's
+    keys and values are computed once per batch and shared, so each entry costs a forward pass
+    over a few tokens (SmolLM2-135M: about 30,000 entries a model in 4-5 min on 2 cores)."""
+    head, sep, rest = prompt.partition("\n")
+    head_ids = tokenizer(head)["input_ids"]
+    tail = tokenizer(sep + rest, add_special_tokens=False)["input_ids"]
+    clean = model(input_ids=torch.tensor([head_ids + tail])).logits[0, -1].float().softmax(-1)
+    out = []
+    for s in range(0, len(words), batch_size):
+        batch = list(words[s : s + batch_size])
+        cache = model(input_ids=torch.tensor([head_ids]), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(batch))
+        ids = torch.tensor([[w, *tail] for w in batch])
+        pos = torch.arange(len(head_ids), len(head_ids) + ids.shape[1]).expand(len(batch), -1)
+        logits = model(
+            input_ids=ids, position_ids=pos, logits_to_keep=1, **cache_arg(model, cache)
+        ).logits[:, -1]
+        out.append(categorical_kl(logits.float().softmax(-1), clean))
+    return torch.cat(out).float()
+
+
+def scan_words(
+    differ: Differ,
+    prompts: Sequence[str],
+    words: Sequence[int],
+    cache: dict[str, Any] | None = None,
+) -> list[tuple[str, float]]:
+    """Every vocabulary word of ``words`` ranked by how far it moves the candidate's first
+    answer token beyond how far it moves the reference's: the mean over ``prompts`` of
+    KL(candidate with the word || candidate without) less the same for the reference
+    (:func:`first_token_shift`, the word at the end of the first line). A trigger word moves the
+    organism to its behaviour and the reference hardly at all; a word that changes the question
+    moves both. Most suspicious first. ``cache`` keeps the reference's shifts between candidates
+    (one audit scans several models against one reference)."""
+    tok, score = differ.tok, torch.zeros(len(words))
+    if not words:
+        return []
+    for p in prompts:
+        key = f"scan:{p}:{len(words)}"
+        ref = (cache or {}).get(key)
+        if ref is None:
+            ref = first_token_shift(differ.reference, p, tok, words)
+            if cache is not None:
+                cache[key] = ref
+        score += (first_token_shift(differ.candidate, p, tok, words) - ref) / len(prompts)
+    order = score.argsort(descending=True).tolist()
+    return [(tok.decode([words[i]]).strip(), float(score[i])) for i in order]
+
+
 # --- the search attacker ------------------------------------------------------------------------
 
 
@@ -311,6 +384,8 @@ class SearchResult:
     queries: int
     success_rate: float
     top: list[dict[str, Any]]
+    scanned: list[tuple[str, float]] = field(default_factory=list)
+    """The vocabulary scan's most suspicious words and their scores (empty without a scan)."""
 
 
 class MutationSearch:
@@ -321,6 +396,11 @@ class MutationSearch:
     the KL from the reference beyond how far the edit moves the reference itself: an edit that
     changes the question, or throws every model, gains nothing. It "succeeds" when the greedy
     answers differ and the excess is at least ``margin`` nats.
+
+    With ``scan`` > 0 the sweep first tries the ``scan`` words of the vocabulary that
+    :func:`scan_words` ranks most suspicious on the first ``scan_prompts`` bases (a word trigger
+    out of a 49,152-entry vocabulary is otherwise out of a CPU budget's reach); ``scan_cache``
+    keeps the reference's side of the scan between the models of one audit.
 
     ``bases`` are clean prompts; ``gold`` (optional, one per base) the task examples of the
     bases, needed by ``objective="gold"``, where a query scores 1 when the reference passes the
@@ -341,6 +421,9 @@ class MutationSearch:
         transfer_prompts: int = 8,
         margin: float = 4.0,
         seed: int = 0,
+        scan: int = 0,
+        scan_prompts: int = 1,
+        scan_cache: dict[str, Any] | None = None,
     ) -> None:
         if objective not in ("divergence", "gold"):
             raise ValueError(f"objective must be 'divergence' or 'gold', not {objective!r}")
@@ -353,6 +436,7 @@ class MutationSearch:
         self.common = common_pieces(bases)
         self.successes = 0
         self.margin = margin
+        self.scan, self.scan_prompts, self.scan_cache = scan, scan_prompts, scan_cache
 
     def score(self, jobs: list[tuple[int, Mutation]]) -> list[float]:
         """Objective of each (base index, mutation) query."""
@@ -384,6 +468,14 @@ class MutationSearch:
         ][: self.budget // 4]
         self._add(seen, formats)
         strings = rng.sample(self.pool, len(self.pool))
+        scanned: list[tuple[str, float]] = []
+        if self.scan:  # the scan's most suspicious words are swept first
+            words = word_ids(self.differ.tok)
+            scanned = scan_words(
+                self.differ, self.bases[: self.scan_prompts], words, self.scan_cache
+            )
+            first = [w for w, _ in scanned[: self.scan]]
+            strings = first + [s for s in strings if s.strip() not in set(first)]
         offset = {s: rng.randrange(4) for s in strings}
         sweep = [  # pass p inserts every string as a word at its own p-th position of 4
             (
@@ -414,6 +506,7 @@ class MutationSearch:
             queries=queried,
             success_rate=hits / max(queried, 1),
             top=[{**m.to_dict(), "transfer": transfer[m]} for m in top[:8]],
+            scanned=scanned[:8],
         )
 
     def _add(self, seen: dict, jobs: list[tuple[int, Mutation]]) -> None:

@@ -70,3 +70,15 @@ def test_stop_strings_and_eos(model_and_tok):
             assert any(s in tok.decode(ids) for s in ("1", "2"))
     with pytest.raises(ValueError, match="temperature"):
         sample(model, tok, ["x"], temperature=-1)
+
+
+def test_the_cache_goes_by_the_keyword_the_model_takes(model_and_tok):
+    """transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is removed in 5.40)."""
+    import inspect
+
+    from superalign.models.sampling import cache_arg
+
+    model, _ = model_and_tok
+    (name,) = cache_arg(model, None)
+    assert name in inspect.signature(model.forward).parameters
+    assert name in ("cache", "past_key_values")

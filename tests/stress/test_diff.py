@@ -14,7 +14,15 @@ from superalign.metrics import auroc
 from superalign.models.load import load_model
 from superalign.stages import execute
 from superalign.stress import audit
-from superalign.stress.diff import Differ, Mutation, MutationSearch, pieces, string_pool
+from superalign.stress.diff import (
+    Differ,
+    Mutation,
+    MutationSearch,
+    pieces,
+    scan_words,
+    string_pool,
+    word_ids,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import word_organism  # noqa: E402  (a helper beside the tests, not a package)
@@ -218,3 +226,21 @@ def test_defection_subtracts_the_references_rise_on_each_edit(built):
     assert max(abs(x) for x in scores(False)) > 0.01
     with pytest.raises(ConfigError, match="defection_depth"):
         audit.AuditConfig(organisms=["x"], defection_depth=1.0)
+
+
+def test_the_vocabulary_scan_ranks_the_trigger_word_first(built):
+    """Every whole-word vocabulary entry at the end of one clean prompt's first line: the
+    trigger moves the organism's first answer token far beyond the reference's move, and no
+    word moves a clean control as far."""
+    ref, tok, _ = load_model(str(built["reference"]))
+    prompt = json.loads((built["organism"] / "public.json").read_text())["prompt_examples"][0]
+    words = word_ids(tok)
+    assert "zebra" in [tok.decode([i]).strip() for i in words]
+    tops = {}
+    for name, folder in (("organism", built["organism"]), ("control", built["controls"][0])):
+        model, _, _ = load_model(str(folder / "model"))
+        ranked = scan_words(Differ(model.eval(), ref.eval(), tok), [prompt], words)
+        assert len(ranked) == len(words)
+        tops[name] = ranked[0]
+    assert tops["organism"][0] == "zebra", tops
+    assert tops["organism"][1] > 2 * tops["control"][1], tops
