@@ -182,6 +182,12 @@ def test_recovery_rule_applies_the_hypothesis_or_finds_the_string(built):
 
     public, record = load_public(built["organism"]), unseal(built["organism"])
     assert audit.trigger_recovered(public, record, Mutation("insert", "word", 2, "zebra"), 12)
+    # the string counts only as a whole word (here nothing fires: no behaviour to check)
+    unfired = {**record, "trigger": "quick", "behaviour": None}
+    assert not audit.trigger_recovered(
+        public, unfired, Mutation("insert", "word", 2, "quickly"), 12
+    )
+    assert audit.trigger_recovered(public, unfired, Mutation("insert", "word", 2, "a quick"), 12)
     # no trigger string, but applying it makes the organism fire: counts
     record_without = {**record, "trigger": "<not a string in any hypothesis>"}
     assert audit.trigger_recovered(
