@@ -178,9 +178,9 @@ class AuditConfig:
     reference's answer is unchanged) or ``gold`` (gold fails where the reference passes)."""
     diff_scan: int = 32
     """``diff``: how many of the vocabulary's words the search tries first, most suspicious
-    first by a scan of every whole-word entry at the end of a prompt's first line (its first
-    answer token moved beyond the reference's; ``diff.scan_words``). 0: no scan. SmolLM2: about
-    30,000 words, 4-5 min a model on 2 cores; a tiny model's vocabulary holds few words."""
+    first by a scan of every lowercase whole-word entry at the end of a prompt's first line (its
+    first answer token moved beyond the reference's; ``diff.scan_words``). 0: no scan. SmolLM2:
+    21,500 words, about 3 min a model on 2 cores; a tiny model's vocabulary holds few words."""
     diff_mutations: int = 8
     """``diff``, ``defection``, ``act_diff``: random mutations of each item's prompt."""
     defection_depth: float = 0.6

