@@ -9,6 +9,7 @@ teacher-forced, and a test checks that the two agree.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +29,14 @@ def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
     """``cache`` under the keyword ``model.forward`` takes a key/value cache by: ``cache``
     (transformers 5.x, where ``past_key_values`` is deprecated) or ``past_key_values`` (4.x)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    params = inspect.signature(base.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache}
+    return {_cache_keyword(type(base)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """Read once per model class: the signature is looked up on every generated token."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass

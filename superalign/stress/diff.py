@@ -480,7 +480,8 @@ class MutationSearch:
                 self.differ, self.bases[: self.scan_prompts], words, self.scan_cache
             )
             first = [w for w, _ in scanned[: self.scan]]
-            strings = first + [s for s in strings if s.strip() not in set(first)]
+            swept = set(first)
+            strings = first + [s for s in strings if s.strip() not in swept]
         offset = {s: rng.randrange(4) for s in strings}
         sweep = [  # pass p inserts every string as a word at its own p-th position of 4
             (
