@@ -32,6 +32,13 @@ def cache_arg(model: Any, cache: Any) -> dict[str, Any]:
     return {_cache_keyword(type(base)): cache}
 
 
+def output_cache(out: Any) -> Any:
+    """The key/value cache a forward pass returned: ``out.cache`` (transformers 5.x, where
+    reading ``out.past_key_values`` warns that it is deprecated) or ``out.past_key_values``."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
 @functools.cache
 def _cache_keyword(model_class: type) -> str:
     """Read once per model class: the signature is looked up on every generated token."""
@@ -170,7 +177,7 @@ def _sample_batch(
     was_training = model.training
     model.eval()
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits = output_cache(out), out.logits[:, -1].float()
     next_pos = pos[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -202,7 +209,7 @@ def _sample_batch(
             use_cache=True,
             **cache_arg(model, cache),
         )
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        cache, logits = output_cache(out), out.logits[:, -1].float()
         next_pos = next_pos + 1
     model.train(was_training)
     texts = [completion_text(tokenizer, row, eos_ids, stop) for row in tokens]

@@ -82,3 +82,17 @@ def test_the_cache_goes_by_the_keyword_the_model_takes(model_and_tok):
     (name,) = cache_arg(model, None)
     assert name in inspect.signature(model.forward).parameters
     assert name in ("cache", "past_key_values")
+
+
+def test_sampling_reads_the_cache_without_the_deprecated_name(model_and_tok, caplog):
+    """transformers 5 warns on reading ``out.past_key_values``; sampling reads ``out.cache``."""
+    from transformers.utils.logging import warning_once
+
+    from superalign.models.sampling import output_cache
+
+    model, tok = model_and_tok
+    warning_once.cache_clear()  # a warning already given once in this process is not repeated
+    out = model(input_ids=torch.tensor([tok("Q: 1+2")["input_ids"]]), use_cache=True)
+    assert output_cache(out) is not None
+    sample(model, tok, ["Q: 12+3\n"], max_new_tokens=4, temperature=0.0)
+    assert "deprecated" not in caplog.text
