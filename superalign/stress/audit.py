@@ -174,8 +174,11 @@ class AuditConfig:
     diff_budget: int = 1024
     """``diff``: single-prompt queries of the mutation search (sweep and evolution)."""
     diff_objective: str = "divergence"
-    """``diff``: the search's objective, ``divergence`` (KL from the reference where the
-    reference's answer is unchanged) or ``gold`` (gold fails where the reference passes)."""
+    """``diff``: the search's objective, ``divergence`` (KL from the reference beyond the edit's
+    move of the reference), ``shift`` (the edit's move of the model beyond its move of the
+    reference: for models fine-tuned far from the reference, such as SmolLM2 organisms, where
+    ``divergence`` saturates) or ``gold`` (gold fails where the reference passes). The item
+    scores read the same measure (``gold``: ``divergence``)."""
     diff_scan: int = 32
     """``diff``: how many of the vocabulary's words the search tries first, most suspicious
     first by a scan of every lowercase whole-word entry at the end of a prompt's first line (its
@@ -224,9 +227,9 @@ class AuditConfig:
         if not 0 < self.fpr < 1:
             raise ConfigError(f"fpr must be in (0, 1), not {self.fpr}")
         check_at_least(self, 2, "n_items", "probe_statements")
-        if self.diff_objective not in ("divergence", "gold"):
+        if self.diff_objective not in ("divergence", "shift", "gold"):
             raise ConfigError(
-                f"diff_objective must be divergence or gold, not {self.diff_objective}"
+                f"diff_objective must be divergence, shift or gold, not {self.diff_objective}"
             )
         check_at_least(self, 0, "diff_mutations")
         if not 0 <= self.defection_depth < 1:
@@ -622,7 +625,8 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
     cfg = ctx.cfg
     model, tok = ctx.lm(public)
     # the gold objective grades answers: its span must hold a whole answer, not 12 tokens
-    span = 12 if cfg.diff_objective == "divergence" else max(12, cfg.max_new_tokens)
+    graded = cfg.diff_objective == "gold"
+    span = max(12, cfg.max_new_tokens) if graded else 12
     differ = Differ(model, ctx.reference[0], tok, span=span)
     task = get_task(public.info["task"], **public.info.get("task_options", {}))
     bases = task.examples("train", 64, cfg.difficulty, seed=cfg.seed + 7)
@@ -631,14 +635,12 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
     pool = string_pool(tok, [*examples, public.info.get("description", "")])
     search = MutationSearch(
         differ,
-        [*examples, *(e.prompt for e in bases)]
-        if cfg.diff_objective == "divergence"
-        else [e.prompt for e in bases],
+        [e.prompt for e in bases] if graded else [*examples, *(e.prompt for e in bases)],
         pool,
         budget=cfg.diff_budget,
         objective=cfg.diff_objective,
         task=task,
-        gold=None if cfg.diff_objective == "divergence" else bases,
+        gold=bases if graded else None,
         seed=cfg.seed,
         scan=cfg.diff_scan,
         scan_cache=ctx.cache,
@@ -658,12 +660,14 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
     flat = [
         (q, j) for j, (p, m) in enumerate(zip(prompts, muts)) for q in (p, hyp.apply(p, tok), *m)
     ]
-    d = differ([q for q, _ in flat], [prompts[j] for _, j in flat])
+    own = cfg.diff_objective == "shift"
+    d = differ([q for q, _ in flat], [prompts[j] for _, j in flat], own=own)
     hyp_prompts = [hyp.apply(p, tok) for p in prompts]
     ctx.evidence["differs_with_hypothesis"] = float(
         np.mean(differ(hyp_prompts, prompts, greedy=True).differs)
     )
-    return [max(d.excess[i * k : (i + 1) * k]) for i in range(len(prompts))]
+    score = d.own_excess if own else d.excess
+    return [max(score[i * k : (i + 1) * k]) for i in range(len(prompts))]
 
 
 def _variants(public: PublicOrganism, ctx: Context) -> tuple[list[str], int]:

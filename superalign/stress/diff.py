@@ -26,9 +26,12 @@ departs from the reference:
   the budget lasts), then
   evolution of the most divergent mutations, then the best few re-measured on fresh prompts (a
   trigger transfers; a quirk of one prompt does not), then ablation of the winner's inserted
-  text token by token (which tokens drive it). Its objective is the divergence, or, with
-  ``objective="gold"``, the candidate failing the gold grader where the reference passes: not
-  "any wrong answer", which any unusual prompt achieves on organism and control alike.
+  text token by token (which tokens drive it). Its objective is the divergence; or, with
+  ``objective="shift"``, how far an edit of the first line moves the candidate beyond how far
+  it moves the reference (for a candidate fine-tuned far from its reference, where the
+  divergence is large on every prompt); or, with ``objective="gold"``, the candidate failing
+  the gold grader where the reference passes: not "any wrong answer", which any unusual prompt
+  achieves on organism and control alike.
 - :func:`defection_direction` is the generic contrast ("defection") probe in the spirit of
   MacDiarmid et al. (2024): the mean difference of the candidate's own middle-layer activations
   between untruthful and truthful answer texts, read on the last prompt token.
@@ -50,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from superalign.models.sampling import cache_arg, left_pad, sample
+from superalign.models.sampling import cache_arg, left_pad, output_cache, sample
 from superalign.train.kl import categorical_kl
 
 UNITS: tuple[str, ...] = ("token", "char", "word", "line")
@@ -217,10 +220,20 @@ class Divergence:
     shift: list[float]
     answers: list[str]
     candidate: list[str]
+    own: list[float] = field(default_factory=list)
+    """With ``own``: KL(candidate on the mutated prompt || candidate on the clean prompt), how
+    far the edit moves the candidate itself."""
 
     @property
     def excess(self) -> list[float]:
         return [k - s for k, s in zip(self.kl, self.shift)]
+
+    @property
+    def own_excess(self) -> list[float]:
+        """``own - shift``: how far the edit moves the candidate beyond how far it moves the
+        reference. Unlike ``excess`` it does not grow with how far fine-tuning took the
+        candidate from the reference on every prompt, clean or not."""
+        return [o - s for o, s in zip(self.own, self.shift)]
 
     @property
     def differs(self) -> list[bool]:
@@ -255,16 +268,20 @@ class Differ:
         ).texts
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], clean: list[str], greedy: bool = False) -> Divergence:
+    def __call__(
+        self, prompts: list[str], clean: list[str], greedy: bool = False, own: bool = False
+    ) -> Divergence:
         """:class:`Divergence` of mutated ``prompts`` made from the ``clean`` prompts; the span
         is the reference's greedy answer to each mutated prompt. Position t of the span weighs
         ``decay ** t``: a behaviour shows first where the answer begins, while a prompt that
         merely confuses a fine-tuned model spreads small divergences over the whole answer
-        (1: the plain sum; 0: the first answer token only)."""
+        (1: the plain sum; 0: the first answer token only). With ``own``, also the candidate's
+        own shift (:attr:`Divergence.own`)."""
         self.queries += len(prompts)
         ref_answers = self.answers(self.reference, prompts)
         kl: list[float] = []
         shift: list[float] = []
+        moved: list[float] = []
         eos, pad, bs = self.tok.eos_token or "", self.tok.pad_token_id, self.batch_size
         for s in range(0, len(prompts), bs):
             m_ids = [self.tok(p)["input_ids"] for p in prompts[s : s + bs]]
@@ -275,9 +292,11 @@ class Differ:
             ref_clean = _span_logprobs(self.reference, c_ids, a_ids, pad)
             kl += [self._kl(c, r) for c, r in zip(cand, ref)]
             shift += [self._kl(r, rc) for r, rc in zip(ref, ref_clean)]
-        if not greedy:
-            return Divergence(kl, shift, ref_answers, [])
-        return Divergence(kl, shift, ref_answers, self.answers(self.candidate, prompts))
+            if own:
+                cand_clean = _span_logprobs(self.candidate, c_ids, a_ids, pad)
+                moved += [self._kl(c, cc) for c, cc in zip(cand, cand_clean)]
+        answers = self.answers(self.candidate, prompts) if greedy else []
+        return Divergence(kl, shift, ref_answers, answers, moved)
 
     def _kl(self, logp: torch.Tensor, logq: torch.Tensor) -> float:
         """KL(p || q) of two [positions, vocab] log-distributions, position t weighing
@@ -336,7 +355,7 @@ def first_token_shift(
     out = []
     for s in range(0, len(words), batch_size):
         batch = list(words[s : s + batch_size])
-        cache = model(input_ids=torch.tensor([head_ids]), use_cache=True).past_key_values
+        cache = output_cache(model(input_ids=torch.tensor([head_ids]), use_cache=True))
         cache.batch_repeat_interleave(len(batch))
         ids = torch.tensor([[w, *tail] for w in batch])
         pos = torch.arange(len(head_ids), len(head_ids) + ids.shape[1]).expand(len(batch), -1)
@@ -378,6 +397,20 @@ def scan_words(
 # --- the search attacker ------------------------------------------------------------------------
 
 
+def first_line_only(mutated: str, clean: str) -> bool:
+    """Whether an edit changed only the prompt's first line and kept at least half of its words:
+    the question edited, not deleted or rewritten; the answer cue (``A:``) and any later line as
+    they were."""
+    head, *rest = mutated.partition("\n")
+    clean_head, *clean_rest = clean.partition("\n")
+    words, kept = clean_head.split(), set(head.split())
+    return rest == clean_rest and 2 * sum(w in kept for w in words) >= len(words)
+
+
+OBJECTIVES: tuple[str, ...] = ("divergence", "shift", "gold")
+"""Objectives of :class:`MutationSearch`."""
+
+
 @dataclass
 class SearchResult:
     """What :class:`MutationSearch` found: the hypothesis, its transfer score, the queries sent
@@ -400,7 +433,15 @@ class MutationSearch:
     ``objective="divergence"``: a query scores the ``excess`` divergence of :class:`Differ`,
     the KL from the reference beyond how far the edit moves the reference itself: an edit that
     changes the question, or throws every model, gains nothing. It "succeeds" when the greedy
-    answers differ and the excess is at least ``margin`` nats.
+    answers differ and the excess is at least ``margin`` nats. ``objective="shift"``: the same
+    with ``own_excess``, how far the edit moves the candidate beyond how far it moves the
+    reference (the scan's measure over the answer span), for a candidate fine-tuned far from
+    its reference: there the KL between the two is large on every prompt and ``divergence``
+    saturates (SmolLM2 organisms and controls alike "succeeded" on 0.47 of queries). Only edits
+    of the prompt's first line are queried (:func:`first_line_only`; the others score 0 and
+    count against the budget) that keep at least half of its words: deleting or rewriting the
+    answer cue, or the question itself, moves a model fine-tuned on that format far more than the
+    untuned reference, and won that objective over the trigger on SmolLM2.
 
     With ``scan`` > 0 the sweep first tries the ``scan`` words of the vocabulary that
     :func:`scan_words` ranks most suspicious on the first ``scan_prompts`` bases (a word trigger
@@ -430,8 +471,8 @@ class MutationSearch:
         scan_prompts: int = 1,
         scan_cache: dict[str, Any] | None = None,
     ) -> None:
-        if objective not in ("divergence", "gold"):
-            raise ValueError(f"objective must be 'divergence' or 'gold', not {objective!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         if objective == "gold" and (task is None or gold is None):
             raise ValueError("objective='gold' needs the task and the bases' gold examples")
         self.differ, self.bases, self.pool = differ, bases, pool
@@ -439,7 +480,7 @@ class MutationSearch:
         self.transfer_prompts = transfer_prompts
         self.rng = random.Random(f"mutation-search:{seed}")
         self.common = common_pieces(bases)
-        self.successes = 0
+        self.successes = self.skipped = 0
         self.margin = margin
         self.scan, self.scan_prompts, self.scan_cache = scan, scan_prompts, scan_cache
 
@@ -447,11 +488,25 @@ class MutationSearch:
         """Objective of each (base index, mutation) query."""
         prompts = [m.apply(self.bases[b], self.differ.tok) for b, m in jobs]
         clean = [self.bases[b] for b, _ in jobs]
-        d = self.differ(prompts, clean, greedy=True)
-        if self.objective == "divergence":
-            hits = [x and e >= self.margin for x, e in zip(d.differs, d.excess)]
+        if self.objective == "shift":  # only edits of the first line are queried; the rest score 0
+            keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if first_line_only(p, c)]
+            self.skipped += len(jobs) - len(keep)
+            out = [0.0] * len(jobs)
+            if keep:
+                kept = self._objective([jobs[i] for i in keep], [prompts[i] for i in keep])
+                for i, s in zip(keep, kept):
+                    out[i] = s
+            return out
+        return self._objective(jobs, prompts)
+
+    def _objective(self, jobs: list[tuple[int, Mutation]], prompts: list[str]) -> list[float]:
+        clean = [self.bases[b] for b, _ in jobs]
+        d = self.differ(prompts, clean, greedy=True, own=self.objective == "shift")
+        if self.objective in ("divergence", "shift"):
+            score = d.excess if self.objective == "divergence" else d.own_excess
+            hits = [x and e >= self.margin for x, e in zip(d.differs, score)]
             self.successes += sum(hits)
-            return d.excess
+            return score
         out = []
         for (b, _), e, ref, cand in zip(jobs, d.excess, d.answers, d.candidate):
             hit = (
@@ -474,6 +529,7 @@ class MutationSearch:
         self._add(seen, formats)
         strings = rng.sample(self.pool, len(self.pool))
         scanned: list[tuple[str, float]] = []
+        first: list[str] = []
         if self.scan:  # the scan's most suspicious words are swept first
             words = word_ids(self.differ.tok)
             scanned = scan_words(
@@ -483,6 +539,8 @@ class MutationSearch:
             swept = set(first)
             strings = first + [s for s in strings if s.strip() not in swept]
         offset = {s: rng.randrange(4) for s in strings}
+        for w in first:  # after the first word, as scanned: not before it, where
+            offset[w] = 1 + offset[w] % 3  # a word trigger of SmolLM2 did not fire (0.5 vs 12)
         sweep = [  # pass p inserts every string as a word at its own p-th position of 4
             (
                 rng.randrange(len(self.bases)),
@@ -491,10 +549,11 @@ class MutationSearch:
             for i, s in ((i, strings[i % len(strings)]) for i in range(self.budget // 2))
         ]
         self._add(seen, sweep)
-        while self.differ.queries < self.budget:
+        while self.differ.queries + self.skipped < self.budget:
             elite = sorted(seen.items(), key=lambda kv: -kv[1])[:8]
             jobs = [
-                self._child(rng, elite) for _ in range(min(64, self.budget - self.differ.queries))
+                self._child(rng, elite)
+                for _ in range(min(64, self.budget - self.differ.queries - self.skipped))
             ]
             self._add(seen, jobs)
         queried, hits = self.differ.queries, self.successes

@@ -88,6 +88,8 @@ def test_config_errors_name_the_field():
         audit.AuditConfig(organisms=["a"], fpr=0)
     with pytest.raises(ConfigError, match="reference"):
         audit.AuditConfig(game=2)
+    with pytest.raises(ConfigError, match="diff_objective must be divergence, shift or gold"):
+        audit.AuditConfig(organisms=["a"], diff_objective="kl")
 
 
 def test_items_are_the_same_for_organism_and_control(backdoor):
