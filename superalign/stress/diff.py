@@ -437,11 +437,11 @@ class MutationSearch:
     with ``own_excess``, how far the edit moves the candidate beyond how far it moves the
     reference (the scan's measure over the answer span), for a candidate fine-tuned far from
     its reference: there the KL between the two is large on every prompt and ``divergence``
-    saturates (SmolLM2 organisms and controls alike "succeeded" on 0.47 of queries). Only edits
-    of the prompt's first line are queried (:func:`first_line_only`; the others score 0 and
-    count against the budget) that keep at least half of its words: deleting or rewriting the
-    answer cue, or the question itself, moves a model fine-tuned on that format far more than the
-    untuned reference, and won that objective over the trigger on SmolLM2.
+    saturates (SmolLM2 organisms and controls alike "succeeded" on 0.47 of queries). It queries
+    only edits of the prompt's first line that keep at least half of its words
+    (:func:`first_line_only`; the others score 0 and count against the budget): deleting or
+    rewriting the answer cue, or the question itself, moves a model fine-tuned on that format far
+    more than the untuned reference, and won that objective over the trigger on SmolLM2.
 
     With ``scan`` > 0 the sweep first tries the ``scan`` words of the vocabulary that
     :func:`scan_words` ranks most suspicious on the first ``scan_prompts`` bases (a word trigger
