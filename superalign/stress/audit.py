@@ -656,18 +656,36 @@ def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
         top=found.top,
         scanned=found.scanned,
     )
-    k = 2 + cfg.diff_mutations
-    flat = [
-        (q, j) for j, (p, m) in enumerate(zip(prompts, muts)) for q in (p, hyp.apply(p, tok), *m)
-    ]
-    own = cfg.diff_objective == "shift"
-    d = differ([q for q, _ in flat], [prompts[j] for _, j in flat], own=own)
     hyp_prompts = [hyp.apply(p, tok) for p in prompts]
     ctx.evidence["differs_with_hypothesis"] = float(
         np.mean(differ(hyp_prompts, prompts, greedy=True).differs)
     )
-    score = d.own_excess if own else d.excess
-    return [max(score[i * k : (i + 1) * k]) for i in range(len(prompts))]
+    return diff_item_scores(differ, prompts, muts, hyp, cfg.diff_objective)
+
+
+def diff_item_scores(
+    differ: Any, prompts: list[str], muts: list[list[str]], hyp: Any, objective: str
+) -> list[float]:
+    """``diff``'s score of each item: the largest divergence beyond the reference's move
+    (``excess``; ``shift``: the model's own move beyond the reference's, ``own_excess``) over the
+    item's prompt, the prompt with the hypothesis applied and its random mutations. With
+    ``shift`` only the variants the search could query count (its first-line guard,
+    :func:`~superalign.stress.diff.first_line_only`): random edits that deleted the ``A:`` cue
+    moved every SmolLM2 model by 20-25 nats, above a trigger's 12-15."""
+    from superalign.stress.diff import first_line_only
+
+    own = objective == "shift"
+    flat = [
+        (q, j)
+        for j, (p, m) in enumerate(zip(prompts, muts))
+        for q in (p, hyp.apply(p, differ.tok), *m)
+        if not own or first_line_only(q, p)
+    ]
+    d = differ([q for q, _ in flat], [prompts[j] for _, j in flat], own=own)
+    best = [-math.inf] * len(prompts)
+    for (_, j), x in zip(flat, d.own_excess if own else d.excess):
+        best[j] = max(best[j], x)
+    return best
 
 
 def _variants(public: PublicOrganism, ctx: Context) -> tuple[list[str], int]:

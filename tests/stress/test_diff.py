@@ -291,3 +291,18 @@ def test_only_edits_of_the_first_line_leave_the_answer_cue():
         Mutation("substitute", "char", 0, " - ", "-").apply("Q: 3-1\n"), "Q: 3-1\n"
     )
     assert first_line_only(Mutation("append", "char", 0, "ok").apply("Q: 1+2\n"), "Q: 1+2\n")
+
+
+def test_shift_item_scores_count_only_the_edits_the_search_may_query(built):
+    """With ``shift`` an item's score reads its prompt, the hypothesis and only those random
+    mutations that pass the search's first-line guard: a rewritten question line is left out."""
+    ref, tok, _ = load_model(str(built["reference"]))
+    model, _, _ = load_model(str(built["organism"] / "model"))
+    differ = Differ(model.eval(), ref.eval(), tok)
+    prompts = json.loads((built["organism"] / "public.json").read_text())["prompt_examples"][:4]
+    hyp = Mutation("insert", "word", 2, "zebra")
+    rewritten = [[Mutation("replace", "line", 0, "note").apply(p)] for p in prompts]
+    guarded = audit.diff_item_scores(differ, prompts, rewritten, hyp, "shift")
+    alone = audit.diff_item_scores(differ, prompts, [[] for _ in prompts], hyp, "shift")
+    assert guarded == pytest.approx(alone, abs=1e-4) and min(alone) > 1.0, (guarded, alone)
+    assert len(audit.diff_item_scores(differ, prompts, rewritten, hyp, "divergence")) == 4
