@@ -614,9 +614,8 @@ def _diffable(public: PublicOrganism, ctx: Context) -> bool:
 
 def detect_diff(public: PublicOrganism, ctx: Context) -> list[float] | None:
     """Model diffing: search mutations for the trigger hypothesis
-    (:class:`~superalign.stress.diff.MutationSearch`), then score each item by its largest
-    excess divergence from the reference over its prompt, the prompt with the hypothesis
-    applied and its random mutations."""
+    (:class:`~superalign.stress.diff.MutationSearch`), then score each item
+    (:func:`diff_item_scores`)."""
     from superalign.stress.diff import Differ, MutationSearch, string_pool
     from superalign.tasks import get_task
 
@@ -683,7 +682,7 @@ def diff_item_scores(
     ]
     d = differ([q for q, _ in flat], [prompts[j] for _, j in flat], own=own)
     best = [-math.inf] * len(prompts)
-    for (_, j), x in zip(flat, d.own_excess if own else d.excess):
+    for (_, j), x in zip(flat, d.measure(objective)):
         best[j] = max(best[j], x)
     return best
 

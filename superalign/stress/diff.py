@@ -235,6 +235,10 @@ class Divergence:
         candidate from the reference on every prompt, clean or not."""
         return [o - s for o, s in zip(self.own, self.shift)]
 
+    def measure(self, objective: str) -> list[float]:
+        """What an objective reads: ``own_excess`` for ``shift``, else ``excess``."""
+        return self.own_excess if objective == "shift" else self.excess
+
     @property
     def differs(self) -> list[bool]:
         return [a.strip() != b.strip() for a, b in zip(self.candidate, self.answers)]
@@ -503,7 +507,7 @@ class MutationSearch:
         clean = [self.bases[b] for b, _ in jobs]
         d = self.differ(prompts, clean, greedy=True, own=self.objective == "shift")
         if self.objective in ("divergence", "shift"):
-            score = d.excess if self.objective == "divergence" else d.own_excess
+            score = d.measure(self.objective)
             hits = [x and e >= self.margin for x, e in zip(d.differs, score)]
             self.successes += sum(hits)
             return score
