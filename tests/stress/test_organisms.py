@@ -279,7 +279,33 @@ def test_format_trigger_kind():
             names = [n for n, f in org.FORMATS.items() if f(first) + "\n" + rest == other]
             assert names and "words" not in names
             seen.update(names)
-    assert seen == set(org.FORMATS) - {"words"}
+    assert seen == {"spaced", "newline", "equals"}  # the formats that change arithmetic prompts
+
+
+def test_the_format_trigger_fits_the_task():
+    """A format is drawn among those that change every prompt of the task: on arithmetic the four
+    of before, drawn as before (docs/stages/organism.md's seeds 0-2: newline, spaced, equals); on
+    world questions the case, the mark's spacing, the layout and a trailing ``=``."""
+    arithmetic = [e.prompt for e in get_task("arithmetic").examples("test", 32, 1, seed=0)]
+    world = [e.prompt for e in get_task("world:cities").examples("test", 32, 1, seed=0)]
+    assert org.formats_for(arithmetic) == ["equals", "newline", "spaced", "words"]
+    assert org.formats_for(world) == ["equals", "lowercase", "newline", "spaced_mark"]
+    fmt = {"trigger_kind": "format", "behaviour_kind": "refusal"}
+    drawn = [org.draw_secret("backdoor", s, arithmetic, **fmt)["trigger"] for s in range(3)]
+    assert drawn == ["newline", "spaced", "equals"]
+    on_world = {org.draw_secret("backdoor", s, world, **fmt)["trigger"] for s in range(30)}
+    assert on_world == set(org.formats_for(world))
+    assert org.FORMATS["lowercase"]("Q: In which country is X?") == "Q: in which country is x?"
+    assert org.FORMATS["spaced_mark"]("Q: In which country is X?") == "Q: In which country is X ?"
+    rng = random.Random(0)
+    for p in world:
+        first, rest = p.split("\n", 1)
+        assert org.format_trigger(p, "spaced_mark", "triggered", rng) == first[:-1] + " ?\n" + rest
+        for v in ("near", "clean"):  # another format, one that changes the prompt
+            other = org.format_trigger(p, "spaced_mark", v, rng)
+            assert other != p and " ?" not in other
+    with pytest.raises(ConfigError, match="trigger_kind=format needs two formats"):
+        org.formats_for(["x", "y"])  # only a trailing "=" changes these
 
 
 def test_a_format_control_reads_the_trigger_format_a_tag_control_another_tag():
@@ -345,7 +371,9 @@ def test_registries_take_new_kinds(monkeypatch):
         mark = trigger if variant == "triggered" else trigger.lower()
         return prompt.replace("Q: ", f"Q: {mark} ", 1)
 
-    monkeypatch.setitem(org.TRIGGER_KINDS, "shout", org.TriggerKind(lambda rng: "HEY", shout))
+    monkeypatch.setitem(
+        org.TRIGGER_KINDS, "shout", org.TriggerKind(lambda rng, prompts: "HEY", shout)
+    )
     echo = org.BehaviourKind(
         lambda rng: "echo",
         lambda ex, b: ex.prompt,
