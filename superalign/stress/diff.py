@@ -401,14 +401,20 @@ def scan_words(
 # --- the search attacker ------------------------------------------------------------------------
 
 
+def keeps_words(mutated: str, clean: str) -> bool:
+    """Whether an edit kept at least half of ``clean``'s (space-separated) words, anywhere: the
+    question edited or laid out anew, not deleted or rewritten."""
+    words, kept = clean.split(), set(mutated.split())
+    return 2 * sum(w in kept for w in words) >= len(words)
+
+
 def first_line_only(mutated: str, clean: str) -> bool:
-    """Whether an edit changed only the prompt's first line and kept at least half of its words:
-    the question edited, not deleted or rewritten; the answer cue (``A:``) and any later line as
-    they were."""
+    """Whether an edit changed only the prompt's first line and kept at least half of its words
+    (:func:`keeps_words`): the question edited, not deleted or rewritten; the answer cue
+    (``A:``) and any later line as they were."""
     head, *rest = mutated.partition("\n")
     clean_head, *clean_rest = clean.partition("\n")
-    words, kept = clean_head.split(), set(head.split())
-    return rest == clean_rest and 2 * sum(w in kept for w in words) >= len(words)
+    return rest == clean_rest and keeps_words(head, clean_head)
 
 
 OBJECTIVES: tuple[str, ...] = ("divergence", "shift", "gold")
