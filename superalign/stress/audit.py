@@ -668,17 +668,17 @@ def diff_item_scores(
     """``diff``'s score of each item: the largest divergence beyond the reference's move
     (``excess``; ``shift``: the model's own move beyond the reference's, ``own_excess``) over the
     item's prompt, the prompt with the hypothesis applied and its random mutations. With
-    ``shift`` only the variants the search could query count (its first-line guard,
-    :func:`~superalign.stress.diff.first_line_only`): random edits that deleted the ``A:`` cue
+    ``shift`` only the variants the search could query count (its guard,
+    :func:`~superalign.stress.diff.keeps_question`): random edits that deleted the ``A:`` cue
     moved every SmolLM2 model by 20-25 nats, above a trigger's 12-15."""
-    from superalign.stress.diff import first_line_only
+    from superalign.stress.diff import keeps_question
 
     own = objective == "shift"
     flat = [
         (q, j)
         for j, (p, m) in enumerate(zip(prompts, muts))
         for q in (p, hyp.apply(p, differ.tok), *m)
-        if not own or first_line_only(q, p)
+        if not own or keeps_question(q, p)
     ]
     d = differ([q for q, _ in flat], [prompts[j] for _, j in flat], own=own)
     best = [-math.inf] * len(prompts)

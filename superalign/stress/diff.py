@@ -21,10 +21,10 @@ departs from the reference:
   words, which no query budget does.
 - :class:`MutationSearch` is the search attacker: a sweep of changes of format (every string
   that most prompts share, :func:`common_pieces`, rewritten every way :func:`reformats` knows,
-  for at most a quarter of the budget), a sweep inserting every pool string as a word (the
-  scan's most suspicious words first; at each of the first 4 word positions in turn, while half
-  the budget lasts), then
-  evolution of the most divergent mutations, then the best few re-measured on fresh prompts (a
+  marks before words, for at most a quarter of the budget: :func:`format_sweep`), a sweep
+  inserting every pool string as a word (the scan's most suspicious words first; at each of the
+  first 4 word positions in turn, while half the budget lasts), then evolution of the most
+  divergent mutations, then the best few re-measured on fresh prompts (a
   trigger transfers; a quirk of one prompt does not), then ablation of the winner's inserted
   text token by token (which tokens drive it). Its objective is the divergence; or, with
   ``objective="shift"``, how far an edit of the first line moves the candidate beyond how far
@@ -186,6 +186,24 @@ def common_pieces(prompts: Sequence[str], share: float = 0.5) -> list[str]:
             counts[piece] = counts.get(piece, 0) + 1
     keep = [s for s, c in counts.items() if c >= share * len(prompts)]
     return sorted(keep, key=lambda s: (-counts[s], s))
+
+
+def format_sweep(
+    common: Sequence[str], n_bases: int, rng: random.Random, limit: int
+) -> list[tuple[int, Mutation]]:
+    """The search's first ``limit`` queries: every change of format (:func:`reformats`) of the
+    ``common`` pieces, each on a random base prompt, the marks (pieces without a letter or
+    digit: spacing, line breaks, punctuation) before the letters and words, every change once
+    before any twice. Pieces in frequency order alone spent a 32-query sweep on the line break
+    and the space, never reaching a question mark that every prompt carries."""
+    order = sorted(common, key=lambda s: any(c.isalnum() for c in s))  # stable: marks first
+    jobs = [
+        (rng.randrange(n_bases), Mutation("substitute", "char", 0, text, old))
+        for _ in range(2)
+        for old in order
+        for text in reformats(old)
+    ]
+    return jobs[:limit]
 
 
 def _text(unit: str, rng: random.Random, pool: Sequence[str]) -> str:
@@ -417,6 +435,25 @@ def first_line_only(mutated: str, clean: str) -> bool:
     return rest == clean_rest and keeps_words(head, clean_head)
 
 
+def layout_only(mutated: str, clean: str) -> bool:
+    """Whether an edit changed only the layout: the same words in the same order (whitespace
+    aside) and the last line, the answer cue (``A:``), as it was; e.g. the question moved onto a
+    line of its own (``Q:\nIn which ...?\nA:``), which :func:`first_line_only` refuses."""
+    return mutated.split() == clean.split() and _cue(mutated) == _cue(clean)
+
+
+def _cue(prompt: str) -> str:
+    """The prompt's last line with the line break before it and whatever follows it."""
+    i = prompt.rstrip().rfind("\n")
+    return prompt[i:] if i >= 0 else prompt
+
+
+def keeps_question(mutated: str, clean: str) -> bool:
+    """The ``shift`` objective's guard: an edit of the first line that kept half of its words
+    (:func:`first_line_only`), or a change of layout alone (:func:`layout_only`)."""
+    return first_line_only(mutated, clean) or layout_only(mutated, clean)
+
+
 OBJECTIVES: tuple[str, ...] = ("divergence", "shift", "gold")
 """Objectives of :class:`MutationSearch`."""
 
@@ -448,10 +485,11 @@ class MutationSearch:
     reference (the scan's measure over the answer span), for a candidate fine-tuned far from
     its reference: there the KL between the two is large on every prompt and ``divergence``
     saturates (SmolLM2 organisms and controls alike "succeeded" on 0.47 of queries). It queries
-    only edits of the prompt's first line that keep at least half of its words
-    (:func:`first_line_only`; the others score 0 and count against the budget): deleting or
-    rewriting the answer cue, or the question itself, moves a model fine-tuned on that format far
-    more than the untuned reference, and won that objective over the trigger on SmolLM2.
+    only edits of the prompt's first line that keep at least half of its words, and changes of
+    layout alone (:func:`keeps_question`; the others score 0 and count against the budget):
+    deleting or rewriting the answer cue, or the question itself, moves a model fine-tuned on
+    that format far more than the untuned reference, and won that objective over the trigger on
+    SmolLM2.
 
     With ``scan`` > 0 the sweep first tries the ``scan`` words of the vocabulary that
     :func:`scan_words` ranks most suspicious on the first ``scan_prompts`` bases (a word trigger
@@ -499,7 +537,7 @@ class MutationSearch:
         prompts = [m.apply(self.bases[b], self.differ.tok) for b, m in jobs]
         clean = [self.bases[b] for b, _ in jobs]
         if self.objective == "shift":  # only edits of the first line are queried; the rest score 0
-            keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if first_line_only(p, c)]
+            keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if keeps_question(p, c)]
             self.skipped += len(jobs) - len(keep)
             out = [0.0] * len(jobs)
             if keep:
@@ -530,13 +568,7 @@ class MutationSearch:
         """Sweep, evolve, check transfer, ablate; the budget counts single-prompt queries of the
         sweep and the evolution (transfer and ablation add a few dozen)."""
         rng, seen = self.rng, {}
-        formats = [  # every change of format of the bases' common pieces, each on 2 prompts
-            (rng.randrange(len(self.bases)), Mutation("substitute", "char", 0, text, old))
-            for old in self.common
-            for text in reformats(old)
-            for _ in range(2)
-        ][: self.budget // 4]
-        self._add(seen, formats)
+        self._add(seen, format_sweep(self.common, len(self.bases), rng, self.budget // 4))
         strings = rng.sample(self.pool, len(self.pool))
         scanned: list[tuple[str, float]] = []
         first: list[str] = []

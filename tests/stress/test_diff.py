@@ -19,7 +19,9 @@ from superalign.stress.diff import (
     Mutation,
     MutationSearch,
     first_line_only,
+    keeps_question,
     keeps_words,
+    layout_only,
     pieces,
     scan_words,
     string_pool,
@@ -319,6 +321,33 @@ def test_only_edits_of_the_first_line_leave_the_answer_cue():
         Mutation("substitute", "char", 0, " - ", "-").apply("Q: 3-1\n"), "Q: 3-1\n"
     )
     assert first_line_only(Mutation("append", "char", 0, "ok").apply("Q: 1+2\n"), "Q: 1+2\n")
+
+
+def test_a_change_of_layout_alone_may_be_queried():
+    """The question on a line of its own (the ``newline`` format trigger) keeps every word and
+    the answer cue, so the ``shift`` guard admits it; moving or deleting the cue does not pass."""
+    p = "Q: In which country is the city of Riyadh?\nA:"
+    laid_out = p.replace("Q: ", "Q:\n", 1)
+    assert not first_line_only(laid_out, p) and layout_only(laid_out, p)
+    assert keeps_question(laid_out, p) and keeps_question(p.replace("?", " ?"), p)
+    assert not keeps_question(p.replace("?\n", "? "), p)  # the cue moved onto the question's line
+    assert not keeps_question(p.replace("\nA:", "\n A:"), p)
+    assert not layout_only(p.replace(":", ":\n"), p)  # a line break after the cue too
+    assert not layout_only("Q:\n1+2\n", "Q: 1+2\n")  # a one-line prompt is all cue
+
+
+def test_the_format_sweep_reaches_every_mark_before_any_word():
+    """On questions in words, a 32-query sweep (``diff_budget=128``) spent itself on the line
+    break and the space in frequency order; marks first and each change once, it reaches the
+    question mark spaced (the ``spaced_mark`` format trigger) and the colon, before any letter."""
+    from superalign.stress.diff import common_pieces, format_sweep
+
+    prompts = [f"Q: In which country is the city of {c}?\nA:" for c in ("Riyadh", "Lima", "Oslo")]
+    jobs = format_sweep(common_pieces(prompts), len(prompts), random.Random(0), 32)
+    edits = [(m.old, m.text) for _, m in jobs]
+    assert len(jobs) == 32 and ("?", " ?") in edits and (":", " : ") in edits
+    assert not any(c.isalnum() for old, _ in edits for c in old)
+    assert len(set(edits)) == len(edits)  # every change once before any twice
 
 
 def test_shift_item_scores_count_only_the_edits_the_search_may_query(built):
