@@ -536,7 +536,7 @@ class MutationSearch:
         """Objective of each (base index, mutation) query."""
         prompts = [m.apply(self.bases[b], self.differ.tok) for b, m in jobs]
         clean = [self.bases[b] for b, _ in jobs]
-        if self.objective == "shift":  # only edits of the first line are queried; the rest score 0
+        if self.objective == "shift":  # only edits the guard admits are queried; the rest score 0
             keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if keeps_question(p, c)]
             self.skipped += len(jobs) - len(keep)
             out = [0.0] * len(jobs)
