@@ -197,6 +197,7 @@ def format_sweep(
     before any twice. Pieces in frequency order alone spent a 32-query sweep on the line break
     and the space, never reaching a question mark that every prompt carries."""
     order = sorted(common, key=lambda s: any(c.isalnum() for c in s))  # stable: marks first
+    # built whole before the cut, so the search's later draws from ``rng`` are as before
     jobs = [
         (rng.randrange(n_bases), Mutation("substitute", "char", 0, text, old))
         for _ in range(2)
