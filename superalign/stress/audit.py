@@ -926,6 +926,34 @@ def matrix_table(matrix: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recovery_table(details: list[dict[str, Any]]) -> str:
+    """Markdown: the sealed trigger beside each detector's hypothesis, a row per organism and
+    detector of :func:`recovery` (``recovery.json``); empty where there is none."""
+    if not details:
+        return ""
+    lines = [
+        "",
+        "Trigger recovery (each detector's hypothesis beside the sealed trigger)",
+        "",
+        "| model | detector | trigger | hypothesis | recovered |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for d in details:
+        h = d["hypothesis"]
+        edit = f"{h['op']} {h['unit']} {h['index']} {json.dumps(h['text'])}"
+        edit += f" for {json.dumps(h['old'])}" if h.get("old") else ""
+        if d["named"]:
+            how = "by name"
+        elif d["fired"] is None:
+            how = "no behaviour to check"
+        else:
+            how = f"fired on {d['fired']} of {d['n']}"
+        cells = [str(d["model"]), d["detector"], f"`{d['trigger']}`", f"`{edit}`"]
+        cells.append(f"{'yes' if d['recovered'] else 'no'} ({how})")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_heatmap(matrix: dict[str, Any], path: Path) -> None:
     """Detector x organism heatmap of AUROC, recall in brackets, empty cells grey."""
     import matplotlib
@@ -1065,7 +1093,7 @@ def run(cfg: AuditConfig, run: Run) -> dict[str, Any]:
         {"folder": str(f), "kind": k, "control": c} for f, k, c in zip(folders, kinds, controls)
     ]
     atomic_write_json(run.path("matrix.json"), matrix)
-    table = matrix_table(matrix)
+    table = matrix_table(matrix) + recovery_table(details)
     atomic_write_text(run.path("table.md"), table)
     plot_heatmap(matrix, run.path("audit.png"))
     print(table)

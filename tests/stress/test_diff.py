@@ -174,6 +174,7 @@ def test_the_audit_ranks_the_organism_above_its_control_with_null_rows(built, tm
     (row,) = json.loads((res.dir / audit.RECOVERY_FILE).read_text())
     assert row["model"] == 0 and row["detector"] == "diff" and row["recovered"]
     assert row["trigger"] == "zebra" and "zebra" in row["hypothesis"]["text"] and row["named"]
+    assert "| 0 | diff | `zebra` |" in (res.dir / "table.md").read_text()
     for det in ("diff", "defection", "act_diff"):  # every detector's cells and null rows
         assert 0 <= s[f"auroc/{det}/backdoor"] <= 1
         assert f"null/auroc/{det}/backdoor_high" in s and f"separates/{det}/backdoor" in s
@@ -212,6 +213,28 @@ def test_recovery_rule_applies_the_hypothesis_or_finds_the_string(built):
     rng = random.Random(0)
     scores = [rng.random() for _ in range(8)]
     assert auroc(scores, [1] * 4 + [0] * 4) == audit.separation(scores[:4], scores[4:])
+
+
+def test_the_recovery_table_says_which_trigger_and_how():
+    """The rows of the year family's audit (docs/stages/audit.md, "A third family"): a layout
+    hypothesis that fired on 22 of 32 held-out questions, one that fired on none."""
+    layout = {"op": "substitute", "unit": "char", "index": 0, "text": "\n \n", "old": " "}
+    word = {"op": "insert", "unit": "word", "index": 3, "text": "setu|ptools", "old": ""}
+    rows = [
+        {"model": 1, "detector": "diff", "hypothesis": layout, "trigger": "2027",
+         "recovered": True, "named": False, "fired": 22, "n": 32},
+        {"model": 2, "detector": "diff", "hypothesis": word, "trigger": "2027",
+         "recovered": False, "named": False, "fired": 0, "n": 32},
+        {"model": 3, "detector": "redteam", "hypothesis": word, "trigger": "ebna",
+         "recovered": False, "named": False, "fired": None, "n": None},
+    ]  # fmt: skip
+    lines = audit.recovery_table(rows).splitlines()
+    assert lines[-3] == (
+        '| 1 | diff | `2027` | `substitute char 0 "\\n \\n" for " "` | yes (fired on 22 of 32) |'
+    )
+    assert lines[-2].endswith('`insert word 3 "setu\\|ptools"` | no (fired on 0 of 32) |')
+    assert lines[-1].endswith("| no (no behaviour to check) |")
+    assert audit.recovery_table([]) == ""
 
 
 def test_a_firing_counts_only_where_the_edit_kept_the_question(monkeypatch):
