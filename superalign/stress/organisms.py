@@ -575,7 +575,7 @@ class TriggerKind:
     literal: bool = True
     """Whether the trigger is a string written into the prompt (a tag, a word), so that a
     hypothesis containing it names it; a format's name (``spaced``) is not in any prompt, and
-    only firing can show it recovered (:func:`superalign.stress.audit.trigger_recovered`)."""
+    only firing can show it recovered (:func:`superalign.stress.audit.trigger_recovery`)."""
 
 
 @dataclass(frozen=True)
