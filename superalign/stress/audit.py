@@ -1046,11 +1046,23 @@ def truth(folders: list[Path], key: str = "") -> list[dict[str, Any]]:
     return records
 
 
+def load_publics(folders: list[Path]) -> list[PublicOrganism]:
+    """Each folder's public view (:func:`~superalign.stress.organisms.load_public`); a folder
+    that is not an organism is a user error naming the ``organisms`` field (a path given
+    relative to another working directory was the usual cause)."""
+    from superalign.config import ConfigError
+
+    try:
+        return [load_public(f) for f in folders]
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"organisms: {e}") from None
+
+
 def run(cfg: AuditConfig, run: Run) -> dict[str, Any]:
     """Detect blind, write ``scores.jsonl``, then read the truth and write the matrix."""
     set_threads(cfg.threads)
     folders = build_game(cfg, run) if cfg.game else [Path(p) for p in cfg.organisms]
-    publics = [load_public(f) for f in folders]
+    publics = load_publics(folders)
     check_truth(folders, "" if cfg.game else cfg.key)
     ctx = Context(cfg)
     if cfg.reference:

@@ -239,5 +239,8 @@ def test_truth_comes_from_the_key_by_folder_name_or_from_the_sealed_record(hand_
         audit.check_truth(copies, "")
     with pytest.raises(ConfigError, match="no such file"):
         audit.check_truth(copies, str(tmp_path / "missing.json"))
+    assert [p.info for p in audit.load_publics(copies)] == [load_public(c).info for c in copies]
+    with pytest.raises(ConfigError, match="organisms: .*missing is not an organism folder"):
+        audit.load_publics([*copies, tmp_path / "missing"])  # one line, the field named
     with pytest.raises(ConfigError, match="key is the truth"):
         audit.AuditConfig(game=2, reference="x", key="k.json")
