@@ -119,6 +119,8 @@ def build(root: Path, form: str, seed: int, steps: int = 150, ref_steps: int = 3
             "behaviour": BEHAVIOUR,
             "trigger_form": form,
         }
+        if form == "word":  # the stage's own kind writes it the same way (a phase-2 reading)
+            record["trigger_kind"] = "word"
         (folder / "sealed" / "record.json").write_text(json.dumps(record))
         if control:
             out["controls"].append(folder)
