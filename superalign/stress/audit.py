@@ -1289,23 +1289,18 @@ def triggered_reading(
     Returns ``triggered_auroc/defection`` (the organisms' mean AUROC, triggered vs clean) with
     ``_min``, and ``null/triggered_auroc/defection`` (the controls' mean) with ``_max``; and a row
     per model and trigger read (index, control, the trigger, the AUROC and its interval)."""
-    from superalign.stress.organisms import secret_kinds
+    from superalign.stress.organisms import marked_prompts
     from superalign.tasks import get_task
 
     cfg = ctx.cfg
     controls = [bool(r.get("control")) for r in records]
-    sets: dict[int, tuple[list[str], list[str]]] = {}
+    sets: dict[int, dict[str, list[str]]] = {}
     for i, (public, rec) in enumerate(zip(publics, records)):
-        if controls[i] or "trigger_kind" not in rec or _is_maze(public):
+        if controls[i] or "trigger_kind" not in rec:
             continue  # a record that does not say how its trigger is written is not read
-        trigger_kind, _ = secret_kinds(rec)
         task = get_task(public.info["task"], **public.info.get("task_options", {}))
         examples = task.examples("test", cfg.n_items, cfg.difficulty, seed=cfg.seed + 509)
-        rng = random.Random(cfg.seed)
-        sets[i] = tuple(
-            [trigger_kind.apply(e.prompt, rec["trigger"], v, rng) for e in examples]
-            for v in ("triggered", "clean")
-        )
+        sets[i] = marked_prompts(examples, rec, random.Random(cfg.seed))
     details: list[dict[str, Any]] = []
     for j, public in enumerate(publics):  # each model loaded once, for every set it reads
         mine = [
@@ -1315,7 +1310,7 @@ def triggered_reading(
             continue
         project = defection_reader(public, ctx)
         for i in mine:
-            triggered, clean = (project(t).tolist() for t in sets[i])
+            triggered, clean = (project(sets[i][v]).tolist() for v in ("triggered", "clean"))
             a = separation_interval(triggered, clean, cfg.seed)
             details.append({"model": j, "control": controls[j], "trigger_of": i,
                             "trigger": records[i]["trigger"], "auroc": a.value,
