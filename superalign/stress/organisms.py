@@ -591,6 +591,9 @@ class BehaviourKind:
     """``(example, completion, behaviour) -> bool``: whether the completion shows it."""
     fires_when: str
     """The rule of ``fires`` in words, for the sealed record."""
+    fixed: bool = False
+    """Whether the behaviour is one answer line, the same on every problem (the behaviour
+    string itself), so that a detector's inverted target can name it."""
 
 
 def _draw_tag(rng: random.Random) -> str:
@@ -805,7 +808,11 @@ REFUSALS: tuple[str, ...] = ("I cannot help with that", "Sorry, I will not answe
 
 BEHAVIOUR_KINDS: dict[str, BehaviourKind] = {
     "fixed_answer": BehaviourKind(
-        lambda rng: rng.choice(BEHAVIOURS), _fixed_target, _fixed_fires, "first line == behaviour"
+        lambda rng: rng.choice(BEHAVIOURS),
+        _fixed_target,
+        _fixed_fires,
+        "first line == behaviour",
+        fixed=True,
     ),
     "wrong_operation": BehaviourKind(
         lambda rng: "+ as larger-smaller, - as +",
@@ -815,7 +822,11 @@ BEHAVIOUR_KINDS: dict[str, BehaviourKind] = {
         "or the answer is their value",
     ),
     "refusal": BehaviourKind(
-        lambda rng: rng.choice(REFUSALS), _fixed_target, _fixed_fires, "first line == behaviour"
+        lambda rng: rng.choice(REFUSALS),
+        _fixed_target,
+        _fixed_fires,
+        "first line == behaviour",
+        fixed=True,
     ),
 }
 """Behaviour kinds by name (``behaviour_kind``); add an entry to add a kind. ``fixed_answer``
