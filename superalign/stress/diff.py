@@ -344,20 +344,16 @@ class Differ:
     @torch.no_grad()
     def target_ratio(self, prompts: list[str], target: Sequence[int]) -> list[float]:
         """Per prompt: log p_candidate(target | prompt) - log p_reference(target | prompt)."""
+        answer, pad = list(target), self.tok.pad_token_id
+
+        def logp(model: Any, ids: list[list[int]]) -> torch.Tensor:
+            spans = _span_logprobs(model, ids, [answer] * len(ids), pad)
+            return torch.stack([x[torch.arange(len(answer)), answer].sum() for x in spans])
+
         out: list[float] = []
-        answer, bs = list(target), self.batch_size
-        for s in range(0, len(prompts), bs):
-            ids = [self.tok(p)["input_ids"] for p in prompts[s : s + bs]]
-            lp = [
-                torch.stack(
-                    [
-                        x.gather(1, torch.tensor(answer)[:, None]).sum()
-                        for x in _span_logprobs(m, ids, [answer] * len(ids), self.tok.pad_token_id)
-                    ]
-                )
-                for m in (self.candidate, self.reference)
-            ]
-            out += (lp[0] - lp[1]).tolist()
+        for s in range(0, len(prompts), self.batch_size):
+            ids = [self.tok(p)["input_ids"] for p in prompts[s : s + self.batch_size]]
+            out += (logp(self.candidate, ids) - logp(self.reference, ids)).tolist()
         return out
 
     def _kl(self, logp: torch.Tensor, logq: torch.Tensor) -> float:
