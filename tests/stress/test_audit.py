@@ -90,6 +90,8 @@ def test_config_errors_name_the_field():
         audit.AuditConfig(game=2)
     with pytest.raises(ConfigError, match="diff_objective must be divergence, shift or gold"):
         audit.AuditConfig(organisms=["a"], diff_objective="kl")
+    with pytest.raises(ConfigError, match="target_prompts"):
+        audit.AuditConfig(organisms=["a"], target_prompts=0)
 
 
 def test_items_are_the_same_for_organism_and_control(backdoor):
