@@ -814,10 +814,10 @@ def detect_target(public: PublicOrganism, ctx: Context) -> list[float] | None:
     edit that raises that line's log-probability most beyond the reference's: the trigger
     hypothesis. Score = the largest log-ratio of the line, model over reference, over the
     item's prompt, the prompt with the hypothesis applied and its mutations. Each model reads
-    its own line, so two clean models can read far apart (the year family's two controls 1.00,
-    docs/stages/audit.md); the rise from the clean prompt, which cancels that for
-    ``defection``, read worse (the sentence family 0.47 against a null of 0.56, where the level
-    read 0.81 against 0.61)."""
+    its own line, so two clean models can read far apart (the year family's two controls 1.00
+    with 8 forced prompts, 0.65 with 32, docs/stages/audit.md); the rise from the clean prompt,
+    which cancels that for ``defection``, read worse (the sentence family 0.47 against a null of
+    0.56, where the level read 0.81 against 0.61)."""
     from superalign.stress.diff import Differ, MutationSearch, invert_targets
 
     if not _diffable(public, ctx):
