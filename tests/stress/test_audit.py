@@ -92,6 +92,10 @@ def test_config_errors_name_the_field():
         audit.AuditConfig(organisms=["a"], diff_objective="kl")
     with pytest.raises(ConfigError, match="target_prompts"):
         audit.AuditConfig(organisms=["a"], target_prompts=0)
+    with pytest.raises(ConfigError, match="target_search must be both, gradient or mutation"):
+        audit.AuditConfig(organisms=["a"], target_search="gcg")
+    with pytest.raises(ConfigError, match="target_steps"):
+        audit.AuditConfig(organisms=["a"], target_steps=0)
 
 
 def test_items_are_the_same_for_organism_and_control(backdoor):
