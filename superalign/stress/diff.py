@@ -945,14 +945,19 @@ def gradient_line(
     allowed[allowed_tokens(tok, LINE_CHARACTERS)] = True
     answer, nl = list(target), tok("\n", add_special_tokens=False)["input_ids"]
     head = tok("")["input_ids"]  # what the tokenizer puts before any text (a BOS, or nothing)
-    xs = [i for i in range(len(tok)) if allowed[i] and tok.decode([i]) in (" x", "x")]
-    line = [xs[0] if xs else int(allowed.nonzero()[0])] * length
 
     def mutation(ids: list[int]) -> Mutation:
         return Mutation("insert", "line", 0, tok.decode(ids))
 
     def reads_back(ids: list[int]) -> bool:
         return tok(tok.decode(ids) + "\n", add_special_tokens=False)["input_ids"] == ids + nl
+
+    # the line starts as ` x x x x x x` (or `xxxxxx` for a tokenizer of characters), as nanoGCG
+    # starts from `x x x ...`: it must read back as its own tokens, or no one-token swap of it
+    # will (SmolLM2 reads `xxxxxx` as three `xx`)
+    firsts = [tok(s, add_special_tokens=False)["input_ids"][-1] for s in (" x", "x", " !", "!")]
+    starts = [i for i in firsts if allowed[i]] + allowed.nonzero()[:, 0].tolist()
+    line = next(c for i in starts if reads_back(c := [i] * length))
 
     def score(lines: list[list[int]], chosen: Sequence[str]) -> torch.Tensor:
         rows = [mutation(c).apply(p, tok) for c in lines for p in chosen]
