@@ -100,7 +100,7 @@ import torch
 
 from superalign.config import set_threads
 from superalign.metrics import Interval, auroc, auroc_interval
-from superalign.runs import Run, atomic_write_json, atomic_write_text
+from superalign.runs import Run, atomic_write_json, atomic_write_text, notice
 from superalign.stress.organisms import (
     KINDS,
     RECORD_FILE,
@@ -892,10 +892,13 @@ DETECTOR_FNS: dict[str, Detector] = {
 
 
 def detect(
-    publics: list[PublicOrganism], ctx: Context, log: Callable[[str], None] = print
+    publics: list[PublicOrganism], ctx: Context, log: Callable[[str], None] | None = None
 ) -> list[dict[str, Any]]:
     """Phase 1: one row ``{detector, model, scores, evidence}`` per detector and model (scores
-    None: not applicable). Sees only the public views."""
+    None: not applicable). Sees only the public views. ``log``: a line per detector and model
+    (default: :func:`~superalign.runs.notice`, on stderr at once, so a long audit shows where it
+    is even when its output goes to a file)."""
+    log = log or notice
     rows = []
     for i, public in enumerate(publics):  # one model at a time: loaded once, shared by detectors
         for name in ctx.cfg.detectors:
