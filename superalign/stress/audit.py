@@ -211,8 +211,9 @@ class AuditConfig:
     question written token by token along the gradient of the target's log-probability
     (``diff.gradient_line``, ``target_steps`` steps); ``both``, each, keeping the hypothesis
     after which the model is likelier to write the target (its mean log-probability over the
-    forced prompts). On the SmolLM2 year organisms no edit fired on held-out problems, the line
-    did; on the tiny word organism the inserted word fired, no line did (docs/stages/audit.md)."""
+    forced prompts). Given the behaviour, the line fired four SmolLM2 year organisms on every
+    one of 32 held-out problems (by hand); on the tiny word organism the inserted word fired,
+    no line did (docs/stages/audit.md)."""
     target_steps: int = 16
     """``target``, ``target_search=gradient``: steps of the line search (about 12 s each for
     SmolLM2 on 2 cores; it stops early once the target is near certain)."""
@@ -832,12 +833,13 @@ def detect_target(public: PublicOrganism, ctx: Context) -> list[float] | None:
     most beyond the reference's, or a new line above the question that makes the model write
     the target after the forced prompts (:func:`~superalign.stress.diff.gradient_line`), or
     (``both``) whichever of the two the model writes the target after likelier (evidence
-    ``search``, ``reached``: the mean log-probabilities). Score = the largest log-ratio of the line, model over reference, over the
-    item's prompt, the prompt with the hypothesis applied and its mutations. Each model reads
-    its own line, so two clean models can read far apart (the year family's two controls 1.00
-    with 8 forced prompts, 0.65 with 32, docs/stages/audit.md); the rise from the clean prompt,
-    which cancels that for ``defection``, read worse (the sentence family 0.47 against a null of
-    0.56, where the level read 0.81 against 0.61)."""
+    ``search``, ``reached``: the mean log-probabilities). Score = the largest log-ratio of the
+    line, model over reference, over the item's prompt, the prompt with the hypothesis applied
+    and its mutations. Each model reads its own line, so two clean models can read far apart
+    (the year family's two controls 1.00 with 8 forced prompts, 0.65 with 32,
+    docs/stages/audit.md); the rise from the clean prompt, which cancels that for
+    ``defection``, read worse (the sentence family 0.47 against a null of 0.56, where the level
+    read 0.81 against 0.61)."""
     from superalign.stress.diff import Differ, MutationSearch, gradient_line, invert_targets
 
     if not _diffable(public, ctx):

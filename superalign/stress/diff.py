@@ -905,6 +905,23 @@ LINE_CHARACTERS = "".join(chr(c) for c in range(32, 127))
 control tokens would not survive being written out as text and read back)."""
 
 
+def reads_back(tok: Any, ids: list[int]) -> bool:
+    """Whether the line of tokens ``ids``, written out as text, reads back as the same tokens."""
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    return tok(tok.decode(ids) + "\n", add_special_tokens=False)["input_ids"] == ids + nl
+
+
+def opening_line(tok: Any, allowed: torch.Tensor, length: int) -> list[int]:
+    """Where :func:`gradient_line` starts: ` x x x x x x` (``length`` tokens; or `xxxxxx` for a
+    tokenizer of characters), as nanoGCG starts from `x x x ...`, or the first ``allowed`` token
+    whose repeat :func:`reads_back`. A line that does not read back as its own tokens leaves no
+    one-token swap that does, and the search never moves (SmolLM2 reads `xxxxxx` as three
+    `xx`: its first port, from that line, kept none)."""
+    firsts = [tok(s, add_special_tokens=False)["input_ids"][-1] for s in (" x", "x", " !", "!")]
+    starts = [i for i in firsts if allowed[i]] + allowed.nonzero()[:, 0].tolist()
+    return next(c for i in starts if reads_back(tok, c := [i] * length))
+
+
 def gradient_line(
     differ: Differ,
     prompts: Sequence[str],
@@ -945,19 +962,10 @@ def gradient_line(
     allowed[allowed_tokens(tok, LINE_CHARACTERS)] = True
     answer, nl = list(target), tok("\n", add_special_tokens=False)["input_ids"]
     head = tok("")["input_ids"]  # what the tokenizer puts before any text (a BOS, or nothing)
+    line = opening_line(tok, allowed, length)
 
     def mutation(ids: list[int]) -> Mutation:
         return Mutation("insert", "line", 0, tok.decode(ids))
-
-    def reads_back(ids: list[int]) -> bool:
-        return tok(tok.decode(ids) + "\n", add_special_tokens=False)["input_ids"] == ids + nl
-
-    # the line starts as ` x x x x x x` (or `xxxxxx` for a tokenizer of characters), as nanoGCG
-    # starts from `x x x ...`: it must read back as its own tokens, or no one-token swap of it
-    # will (SmolLM2 reads `xxxxxx` as three `xx`)
-    firsts = [tok(s, add_special_tokens=False)["input_ids"][-1] for s in (" x", "x", " !", "!")]
-    starts = [i for i in firsts if allowed[i]] + allowed.nonzero()[:, 0].tolist()
-    line = next(c for i in starts if reads_back(c := [i] * length))
 
     def score(lines: list[list[int]], chosen: Sequence[str]) -> torch.Tensor:
         rows = [mutation(c).apply(p, tok) for c in lines for p in chosen]
@@ -976,7 +984,7 @@ def gradient_line(
         for _ in range(candidates):
             i = rng.randrange(length)
             c = [*line[:i], int(best[i, rng.randrange(top_k)]), *line[i + 1 :]]
-            if reads_back(c):
+            if reads_back(tok, c):
                 pool.add(tuple(c))
         lines = [list(c) for c in pool]
         s = score(lines, chosen)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from superalign.metrics import auroc
 from superalign.models.load import load_model
@@ -544,3 +545,31 @@ def test_a_gradient_line_draws_the_behaviour_from_the_organism_not_a_control(bui
     # the claim is the gap between them (4.7-7.3 nats), not the control's stillness
     (before, organism), (_, control) = reached["organism"], reached["control"]
     assert organism > before + 2 and organism > control + 3, reached
+
+
+class _MergingTokenizer:
+    """A tokenizer that, as SmolLM2's does, reads `xx` as one token: longest match first."""
+
+    vocab = ["xx", " x", "x", " !", "!", " ", "\n"]
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = []
+        while text:
+            i = next(i for i, v in enumerate(self.vocab) if text.startswith(v))
+            ids.append(i)
+            text = text[len(self.vocab[i]) :]
+        return {"input_ids": ids}
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+def test_the_gradient_line_opens_on_a_line_that_reads_back_as_its_own_tokens():
+    from superalign.stress.diff import opening_line, reads_back
+
+    tok = _MergingTokenizer()
+    allowed = torch.ones(len(tok.vocab), dtype=torch.bool)
+    assert not reads_back(tok, [2] * 6)  # `xxxxxx` reads back as three `xx`: no swap would keep
+    assert opening_line(tok, allowed, 6) == [1] * 6  # ` x x x x x x`
+    allowed[1] = False
+    assert opening_line(tok, allowed, 6) == [3] * 6  # ` ! ! ...`: `x` alone merges
